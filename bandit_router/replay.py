@@ -1,0 +1,187 @@
+"""Replays a routing dataset through online policies, revealing only the chosen model's outcome.
+
+For every cost weight and policy it streams the rows in one seeded order, samples the model from the
+policy's probabilities, reveals that model's outcome, and updates the policy; it reports mean utility,
+quality and cost, cumulative regret against the per-row oracle, and the same numbers for every single
+model, the per-task best model (chosen in hindsight) and the oracle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from bandit_router.dataset import RoutingDataset
+from bandit_router.featurizer import Featurizer
+from bandit_router.policy_factory import POLICY_NAMES, PolicyParams, make_policy
+from policies import Outcome, Policy, Preference, Scales, normalize_columns, oracle_choices, utilities
+
+DEFAULT_LATENCY_SCALE_MS = 10_000.0
+CURVE_POINTS = 200
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """What to replay: policies, preferences, order and scales."""
+
+    policies: Sequence[str] = ("linucb", "lints", "random")
+    cost_weights: Sequence[float] = (0.1, 0.2)
+    seed: int = 0
+    limit: int | None = None
+    cost_scale: float | None = None
+    latency_scale_ms: float = DEFAULT_LATENCY_SCALE_MS
+    dim: int = 256
+    params: PolicyParams = field(default_factory=PolicyParams)
+
+    def __post_init__(self) -> None:
+        unknown = [p for p in self.policies if p not in POLICY_NAMES]
+        if unknown or not self.policies:
+            raise ValueError(f"unknown policy {unknown}; choose from {', '.join(POLICY_NAMES)}")
+        for weight in self.cost_weights:
+            Preference.from_cost_weight(weight)
+        if not self.cost_weights:
+            raise ValueError("at least one cost weight is required")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1, got {self.limit}")
+        if self.cost_scale is not None and self.cost_scale <= 0:
+            raise ValueError(f"cost scale must be > 0, got {self.cost_scale}")
+
+
+def default_cost_scale(dataset: RoutingDataset) -> float:
+    """The mean per-call cost of the most expensive model in the data."""
+    return float(dataset.cost.mean(axis=0).max())
+
+
+def _summary(utility: np.ndarray, quality: np.ndarray, cost: np.ndarray) -> dict[str, float]:
+    return {
+        "utility": float(utility.mean()),
+        "quality": float(quality.mean()),
+        "cost": float(cost.mean()),
+    }
+
+
+def _pick(values: np.ndarray, choices: np.ndarray) -> np.ndarray:
+    return values[np.arange(choices.size), choices]
+
+
+def task_best_choices(utility: np.ndarray, eval_names: Sequence[str]) -> np.ndarray:
+    """Per row, the model with the best mean utility on that row's task (hindsight, reads eval_name)."""
+    tasks = np.asarray(eval_names)
+    choices = np.empty(len(tasks), dtype=np.intp)
+    for task in np.unique(tasks):
+        rows = tasks == task
+        choices[rows] = utility[rows].mean(axis=0).argmax()
+    return choices
+
+
+def regret_slope(curve: np.ndarray) -> float:
+    """Log-log slope of cumulative regret over the last decade of rows (< 1 means sublinear)."""
+    n = curve.size
+    if n < 10 or curve[n // 10 - 1] <= 0 or curve[-1] <= 0:
+        return float("nan")
+    return float(np.log10(curve[-1] / curve[n // 10 - 1]))
+
+
+def run_policy(
+    policy: Policy,
+    data: RoutingDataset,
+    features: np.ndarray,
+    preference: Preference,
+    uniforms: np.ndarray,
+    progress: tqdm | None = None,
+) -> np.ndarray:
+    """Stream every row through ``policy`` (learning online); returns the chosen model per row.
+
+    ``uniforms`` holds one U(0, 1) draw per row that picks the model from the probabilities.
+    """
+    models = list(data.models)
+    choices = np.empty(data.rows, dtype=np.intp)
+    latency = data.latency_ms
+    for row in range(data.rows):
+        x = features[row]
+        probabilities = policy.probabilities(x, models, preference)
+        chosen = min(int(np.searchsorted(np.cumsum(probabilities), uniforms[row])), len(models) - 1)
+        outcome = Outcome(
+            quality=float(data.quality[row, chosen]),
+            cost=float(data.cost[row, chosen]),
+            latency_ms=None if latency is None else float(latency[row, chosen]),
+        )
+        policy.update(x, models[chosen], outcome, preference, float(probabilities[chosen]))
+        choices[row] = chosen
+        if progress is not None:
+            progress.update()
+    return choices
+
+
+def replay(dataset: RoutingDataset, config: ReplayConfig, progress: bool = True) -> dict[str, Any]:
+    """Run every (cost weight, policy) pair and return the results document (see the README)."""
+    order = np.random.default_rng(config.seed).permutation(dataset.rows)[: config.limit]
+    data = dataset.subset(order)
+    scales = Scales(
+        cost=config.cost_scale or default_cost_scale(data), latency_ms=config.latency_scale_ms
+    )
+    featurizer = Featurizer(dim=config.dim)
+    features = featurizer.transform_many(data.prompts)
+    outcomes = normalize_columns(data.quality, data.cost, data.latency_ms, scales)
+    total = data.rows * len(config.cost_weights) * len(config.policies)
+    bar = tqdm(total=total, desc="replay", unit="row", disable=not progress, mininterval=0.5)
+    checkpoints = np.unique(np.linspace(1, data.rows, CURVE_POINTS).astype(int)) - 1
+    results: dict[str, Any] = {
+        "rows": data.rows,
+        "cost_scale": scales.cost,
+        "latency_scale_ms": scales.latency_ms,
+        "seed": config.seed,
+        "models_order": list(data.models),
+        "runs": [],
+        "models": [],
+        "oracle": [],
+        "task_best": [],
+        "curves": [],
+    }
+    for weight in config.cost_weights:
+        preference = Preference.from_cost_weight(weight)
+        utility = utilities(outcomes, preference)  # (rows, models)
+        oracle = oracle_choices(outcomes, preference)
+        best = _pick(utility, oracle)
+        for reference, choices in (
+            ("oracle", oracle),
+            ("task_best", task_best_choices(utility, data.eval_names)),
+        ):
+            results[reference].append(
+                {"cost_weight": weight}
+                | _summary(_pick(utility, choices), _pick(data.quality, choices), _pick(data.cost, choices))
+            )
+        for m, model in enumerate(data.models):
+            results["models"].append(
+                {"cost_weight": weight, "model": model}
+                | _summary(utility[:, m], data.quality[:, m], data.cost[:, m])
+                | {"regret": float((best - utility[:, m]).sum())}
+            )
+        for name in config.policies:
+            policy = make_policy(name, data.models, featurizer, scales, config.params, config.seed)
+            uniforms = np.random.default_rng([config.seed, POLICY_NAMES.index(name)]).random(data.rows)
+            choices = run_policy(policy, data, features, preference, uniforms, bar)
+            regret = np.cumsum(best - _pick(utility, choices))
+            results["runs"].append(
+                {"cost_weight": weight, "policy": name}
+                | _summary(_pick(utility, choices), _pick(data.quality, choices), _pick(data.cost, choices))
+                | {
+                    "regret": float(regret[-1]),
+                    "regret_slope_last_decade": regret_slope(regret),
+                    "choices": {m: int((choices == i).sum()) for i, m in enumerate(data.models)},
+                }
+            )
+            results["curves"].append(
+                {
+                    "cost_weight": weight,
+                    "policy": name,
+                    "rows": (checkpoints + 1).tolist(),
+                    "regret": regret[checkpoints].round(4).tolist(),
+                }
+            )
+    bar.close()
+    return results

@@ -1,0 +1,1 @@
+"""Event I/O: versioned event schemas, the event bus adapters and the decision/feedback joiner."""

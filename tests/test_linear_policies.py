@@ -1,0 +1,152 @@
+"""LinUCB / linear TS: exact ridge estimates, valid probabilities, exact snapshots, arms added live."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+from policies import LinTS, LinUCB, Outcome, Preference, Scales, normalized
+from policies.linear import DEFAULT_PRIOR
+
+ARMS = ["a", "b", "c"]
+SCALES = Scales(cost=0.01, latency_ms=2000.0)
+
+
+def random_stream(rng: np.random.Generator, n: int, dim: int):
+    for _ in range(n):
+        x = rng.normal(size=dim) / np.sqrt(dim)
+        arm = ARMS[rng.integers(len(ARMS))]
+        outcome = Outcome(
+            quality=float(rng.random()),
+            cost=float(rng.random() * 0.02),
+            latency_ms=float(rng.random() * 3000),
+        )
+        yield x, arm, outcome
+
+
+@pytest.mark.parametrize("policy_type", [LinUCB, LinTS])
+def test_estimates_match_closed_form_ridge(policy_type):
+    dim = 12
+    rng = np.random.default_rng(1)
+    feature_precision = rng.uniform(0.5, 50.0, size=dim)
+    prior = Outcome(quality=0.7, cost=0.004, latency_ms=500.0)
+    policy = policy_type(ARMS[:2], dim=dim, scales=SCALES, intercept_precision=0.3,
+                         feature_precision=feature_precision)
+    policy.add_arm("c", prior=prior)
+    seen: dict[str, list] = {arm: [] for arm in ARMS}
+    for x, arm, outcome in random_stream(rng, 500, dim):
+        policy.update(x, arm, outcome, Preference(), 1.0)
+        seen[arm].append((np.concatenate(([1.0], x)), normalized(outcome, SCALES)))
+
+    precision = np.diag(np.concatenate(([0.3], feature_precision)))
+    for k, arm in enumerate(ARMS):
+        z = np.array([s[0] for s in seen[arm]])
+        y = np.array([s[1] for s in seen[arm]])
+        theta0 = np.zeros((dim + 1, 3))
+        theta0[0] = normalized(prior if arm == "c" else DEFAULT_PRIOR, SCALES)
+        a = precision + z.T @ z
+        expected = np.linalg.solve(a, precision @ theta0 + z.T @ y)
+        np.testing.assert_allclose(policy.ridge.theta[k], expected, atol=1e-8, rtol=0)
+        np.testing.assert_allclose(policy.ridge.a_inv[k], np.linalg.inv(a), atol=1e-8, rtol=0)
+        assert policy.ridge.counts[k] == len(seen[arm])
+
+
+@pytest.mark.parametrize("policy_type", [LinUCB, LinTS])
+def test_state_round_trip_is_exact(policy_type):
+    dim = 8
+    rng = np.random.default_rng(2)
+    policy = policy_type(ARMS, dim=dim, scales=SCALES, floor=0.02)
+    stream = list(random_stream(rng, 300, dim))
+    for x, arm, outcome in stream[:200]:
+        policy.update(x, arm, outcome, Preference(), 1.0)
+    restored = policy_type.from_state(policy.state())
+    preferences = [Preference.from_cost_weight(c) for c in (0.0, 0.3, 0.9)] + [Preference(1, 1, 1)]
+    for x, arm, outcome in stream[200:]:
+        for w in preferences:
+            np.testing.assert_array_equal(
+                policy.probabilities(x, ARMS, w), restored.probabilities(x, ARMS, w)
+            )
+        policy.update(x, arm, outcome, Preference(), 1.0)
+        restored.update(x, arm, outcome, Preference(), 1.0)
+    for key, value in policy.state().items():
+        np.testing.assert_array_equal(value, restored.state()[key], err_msg=key)
+
+
+def test_state_of_another_policy_is_refused():
+    state = LinUCB(ARMS, dim=2, scales=SCALES).state()
+    with pytest.raises(ValueError, match="linucb"):
+        LinTS.from_state(state)
+
+
+@pytest.mark.parametrize("policy_type", [LinUCB, LinTS])
+def test_probabilities_are_a_distribution_with_floor(policy_type):
+    dim = 6
+    rng = np.random.default_rng(3)
+    policy = policy_type(ARMS, dim=dim, scales=SCALES, floor=0.05)
+    for x, arm, outcome in random_stream(rng, 100, dim):
+        policy.update(x, arm, outcome, Preference(), 1.0)
+        for arms in (ARMS, ["c", "a"], ["b"]):
+            p = policy.probabilities(x, arms, Preference.from_cost_weight(rng.random()))
+            assert p.shape == (len(arms),)
+            assert p.sum() == pytest.approx(1.0, abs=1e-12)
+            assert p.min() >= 0.05 - 1e-12 or len(arms) == 1
+
+
+def test_unknown_arm_and_empty_candidates_are_refused():
+    policy = LinUCB(ARMS, dim=2, scales=SCALES)
+    with pytest.raises(KeyError, match="zzz"):
+        policy.probabilities(np.zeros(2), ["a", "zzz"], Preference())
+    with pytest.raises(ValueError, match="candidate"):
+        policy.probabilities(np.zeros(2), [], Preference())
+    with pytest.raises(ValueError, match="features"):
+        policy.probabilities(np.zeros(3), ["a"], Preference())
+    with pytest.raises(ValueError, match="already"):
+        policy.add_arm("a")
+
+
+def test_unknown_cost_leaves_the_cost_estimate_alone():
+    policy = LinUCB(["a"], dim=2, scales=SCALES)
+    x = np.array([0.6, 0.8])
+    policy.update(x, "a", Outcome(0.9, cost=0.005, latency_ms=100.0), Preference(), 1.0)
+    before = policy.expected(x, ["a"])[0]
+    policy.update(x, "a", Outcome(0.1), Preference(), 1.0)
+    after = policy.expected(x, ["a"])[0]
+    assert after[0] < before[0] - 0.1  # quality moved toward 0.1
+    assert after[1] == pytest.approx(before[1], abs=1e-12)  # cost untouched
+    assert after[2] == pytest.approx(before[2], abs=1e-12)  # latency untouched
+
+
+def test_new_arm_starts_at_its_prior_and_is_routable():
+    policy = LinUCB(["a"], dim=3, scales=SCALES, alpha=0.0, floor=0.0)
+    x = np.array([0.0, 1.0, 0.0])
+    for _ in range(30):
+        policy.update(x, "a", Outcome(0.5, cost=0.005), Preference(), 1.0)
+    policy.add_arm("new", prior=Outcome(quality=0.95, cost=0.001))
+    np.testing.assert_allclose(policy.expected(x, ["new"])[0], [0.95, 0.1, 0.0])
+    assert policy.probabilities(x, ["a", "new"], Preference.from_cost_weight(0.2))[1] == 1.0
+
+
+def test_linucb_preference_changes_the_choice_without_retraining():
+    rng = np.random.default_rng(4)
+    policy = LinUCB(["cheap", "strong"], dim=2, scales=Scales(cost=1.0), floor=0.01)
+    for _ in range(300):
+        x = rng.normal(size=2)
+        policy.update(x, "cheap", Outcome(0.6 + 0.05 * rng.normal(), cost=0.05), Preference(), 1.0)
+        policy.update(x, "strong", Outcome(0.9 + 0.05 * rng.normal(), cost=0.8), Preference(), 1.0)
+    x = rng.normal(size=2)
+    assert policy.probabilities(x, ["cheap", "strong"], Preference.from_cost_weight(0.1))[1] == 0.99
+    assert policy.probabilities(x, ["cheap", "strong"], Preference.from_cost_weight(0.9))[0] == 0.99
+
+
+def test_lints_win_probabilities_match_the_posterior():
+    """Two arms: P(arm b wins) = Phi((mu_b - mu_a) / sqrt(s_a^2 + s_b^2)) under the posterior."""
+    policy = LinTS(["a", "b"], dim=1, scales=SCALES, scale=1.0, samples=20000, floor=0.0)
+    x = np.array([1.0])
+    for q_a, q_b in [(0.5, 0.6), (0.4, 0.55), (0.6, 0.5)]:
+        policy.update(x, "a", Outcome(q_a), Preference(), 1.0)
+        policy.update(x, "b", Outcome(q_b), Preference(), 1.0)
+    means, widths = policy._scores(x, ["a", "b"], Preference())
+    expected = norm.cdf((means[1] - means[0]) / np.sqrt(widths[0] ** 2 + widths[1] ** 2))
+    p = policy.probabilities(x, ["a", "b"], Preference())
+    assert p[1] == pytest.approx(expected, abs=3 * np.sqrt(0.25 / 20000))
