@@ -21,10 +21,10 @@ Layout of the ``dim`` output slots:
      ``<=``, ``+=``, ...); arithmetic on a number (``3 + 4``, ``3x+4``, ``2*5``, ``1/2``,
      ``7 - 1`` with spaces so dates do not count, or a power such as ``x^2``).
   4. line density: ``min(n_lines / 50, 1)``, ``n_lines`` being ``prompt.count("\\n") + 1``.
-  5-7. length hinges: ``min(n_chars / s, 1)`` for s = 250, 1000, 4000 characters. Price is linear
-     in tokens while the utility caps cost, so a linear model needs length at several scales to
-     predict a model's capped cost (the log length alone bends the wrong way).
-  8. choices marker (0 or 1): two or more lines open with an option label (``A.``, ``B)``,
+  5-11. length hinges: ``min(n_chars / s, 1)`` for s = 125 * 2**k characters, k = 0..6 (125 to
+     8000). Price is linear in tokens while the utility caps cost at its scale, so a linear model
+     needs length at several scales to predict a model's capped cost wherever the cap falls.
+  12. choices marker (0 or 1): two or more lines open with an option label (``A.``, ``B)``,
      ``(c)``): a multiple-choice question, whose answer (and so output cost) is short.
 
 Hashing never uses Python's salted ``hash()``: a word is ``zlib.crc32`` of its UTF-8 bytes, a bigram
@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-N_DENSE = 9
+N_DENSE = 13
 # Bumped whenever the same prompt would map to a different vector: learned weights depend on it.
 VERSION = 1
 
@@ -64,7 +64,7 @@ _MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX_2 = np.uint64(0x94D049BB133111EB)
 _LOG_LENGTH_CAP = math.log1p(20_000)
 _LINES_CAP = 50.0
-_LENGTH_HINGES = (250.0, 1000.0, 4000.0)
+_LENGTH_HINGES = tuple(125.0 * 2**k for k in range(7))
 _CHOICE_LINE = re.compile(r"^[ \t]*\(?[A-Ea-e][.)][ \t]", re.MULTILINE)
 _NO_POINTS = np.zeros(0, dtype=np.uint8)
 
@@ -248,7 +248,7 @@ class Featurizer:
     >>> round(float(np.linalg.norm(x[: featurizer.hashed_dims])), 12)
     1.0
     >>> x[featurizer.dense_slice].round(3).tolist()  # log length, digits, code, math, lines, ...
-    [0.325, 0.167, 0.0, 0.667, 0.02, 0.096, 0.024, 0.006, 0.0]
+    [0.325, 0.167, 0.0, 0.667, 0.02, 0.192, 0.096, 0.048, 0.024, 0.012, 0.006, 0.003, 0.0]
     >>> bool(np.array_equal(x, Featurizer(dim=64).transform("Solve 3x + 4 = 19 for x.")))
     True
     >>> y = featurizer.transform("SOLVE 3x + 4 = 19  for X.")  # case and spacing: same hashed part

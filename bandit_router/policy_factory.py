@@ -17,10 +17,11 @@ POLICY_NAMES = ("linucb", "lints", "egreedy", "random")
 class PolicyParams:
     """Hyper-parameters of the built-in policies.
 
-    The linear policies use a weak prior on each arm's intercept and on the few dense prompt signals,
-    and a strong one on the hashed n-gram weights: n-grams must earn their influence with evidence,
-    so on prompts whose text says little about which model wins, the policy behaves like the best
-    non-contextual arm instead of chasing noise.
+    The linear policies' fallback model reads the intercept and the dense prompt signals; the full
+    model adds the hashed n-grams, with a stronger prior. The full model is used for an arm's outcome
+    only once it predicts that outcome better than the fallback on data it had not yet seen, so on
+    prompts whose text says little about which model wins the policy routes on the dense signals
+    alone instead of chasing noise.
     """
 
     floor: float = 0.005
@@ -55,6 +56,7 @@ def make_policy(
             floor=params.floor,
             intercept_precision=params.intercept_precision,
             feature_precision=params.feature_precision(featurizer),
+            fallback_features=np.arange(featurizer.dim)[featurizer.dense_slice],
         )
         if name == "linucb":
             return LinUCB(**linear, alpha=params.alpha)

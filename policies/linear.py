@@ -1,19 +1,27 @@
-"""What LinUCB and linear Thompson sampling share: per-arm ridge state, updates and snapshots.
+"""What LinUCB and linear Thompson sampling share: per-arm ridge state, fallback, updates, snapshots.
 
-The two differ only in how they turn predicted outcomes and their uncertainty into probabilities.
+Each arm keeps two nested ridge models of its outcomes: the full one over every context feature and
+a small fallback over the intercept and a few chosen features (the dense prompt signals). For each
+outcome the policy uses whichever model has predicted better so far over all arms, measured
+prequentially (predict, then learn), so content features are used only once they have earned it on
+unseen data. The choice is per outcome, not per arm: if one arm's model used features another arm's
+model ignores, routing on them would hand the second arm a skewed sample it cannot correct for.
+The two policies differ only in how they turn predictions and uncertainty into probabilities.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
 import numpy as np
 
 from policies.base import DEFAULT_FLOOR, Policy
 from policies.preference import Outcome, Preference, Scales, normalized
-from policies.ridge import RidgeArms
+from policies.ridge import N_OUTCOMES, RidgeArms
 
 # A new arm's outcome guess when nobody gives one: a coin-flip quality, cost and latency unknown (0).
 DEFAULT_PRIOR = Outcome(quality=0.5, cost=0.0, latency_ms=0.0)
+FALLBACK, FULL = 0, 1
 
 
 class LinearPolicy(Policy):
@@ -30,10 +38,11 @@ class LinearPolicy(Policy):
     floor
         Minimum probability of every candidate arm.
     intercept_precision
-        Prior precision of each arm's intercept (small: the arm's mean is learnt fast).
+        Prior precision of each arm's intercept.
     feature_precision
-        Prior precision of the content weights, a scalar or one value per feature (large: content
-        must earn its influence with evidence).
+        Prior precision of the feature weights, a scalar or one value per feature.
+    fallback_features
+        Indices of the features the fallback model reads (default none: intercept only).
     """
 
     def __init__(
@@ -44,9 +53,16 @@ class LinearPolicy(Policy):
         floor: float = DEFAULT_FLOOR,
         intercept_precision: float = 1.0,
         feature_precision: float | np.ndarray = 1.0,
+        fallback_features: Sequence[int] | np.ndarray = (),
     ) -> None:
         features = np.broadcast_to(np.asarray(feature_precision, dtype=float), (dim,))
+        columns = np.asarray(fallback_features, dtype=np.intp)
         self.ridge = RidgeArms(dim, np.concatenate(([intercept_precision], features)))
+        self.fallback = RidgeArms(
+            dim, np.concatenate(([intercept_precision], features[columns])), columns
+        )
+        # Prequential squared error per arm, model (FALLBACK, FULL) and outcome.
+        self.errors = np.empty((0, 2, N_OUTCOMES))
         super().__init__(arms, scales, floor)
 
     @property
@@ -54,34 +70,69 @@ class LinearPolicy(Policy):
         return self.ridge.dim
 
     def _grow(self, prior: Outcome | None) -> None:
-        self.ridge.add_arm(np.nan_to_num(normalized(prior or DEFAULT_PRIOR, self.scales)))
+        prior_mean = np.nan_to_num(normalized(prior or DEFAULT_PRIOR, self.scales))
+        self.ridge.add_arm(prior_mean)
+        self.fallback.add_arm(prior_mean)
+        self.errors = np.concatenate([self.errors, np.zeros((1, 2, N_OUTCOMES))])
+
+    def uses_full_model(self) -> np.ndarray:
+        """``(3,)``: whether each outcome is predicted by the full model (else by the fallback)."""
+        totals = self.errors.sum(axis=0)
+        return totals[FULL] < totals[FALLBACK]
 
     def update(
         self, x: np.ndarray, arm: str, outcome: Outcome, preference: Preference, propensity: float
     ) -> None:
         # Regressing outcomes on the context is unbiased whatever the logging policy was, so the
         # preference and propensity are not needed here.
-        self.ridge.update(self.indices([arm])[0], x, normalized(outcome, self.scales))
+        k = self.indices([arm])[0]
+        y = normalized(outcome, self.scales)
+        known = ~np.isnan(y)
+        for model, ridge in ((FALLBACK, self.fallback), (FULL, self.ridge)):
+            self.errors[k, model, known] += (ridge.predict_arm(k, x)[known] - y[known]) ** 2
+            ridge.update(k, x, y)
         self.updates += 1
+
+    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every arm's predicted normalised outcomes ``(arms, 3)`` and uncertainty ``sqrt(z' A^-1 z)``.
+
+        The uncertainty is the full model's as soon as any outcome uses that model.
+        """
+        use_full = self.uses_full_model()
+        if not use_full.any():  # skip the full model's O(arms * d^2) scoring altogether
+            means, widths = self.fallback.predict(x)
+            return means, np.sqrt(widths)
+        full_means, full_widths = self.ridge.predict(x)
+        if use_full.all():
+            return full_means, np.sqrt(full_widths)
+        fallback_means = self.fallback.predict(x)[0]
+        return np.where(use_full, full_means, fallback_means), np.sqrt(full_widths)
 
     def expected(self, x: np.ndarray, arms: Sequence[str]) -> np.ndarray:
         """Predicted normalised outcomes ``(len(arms), 3)``: quality, cost/scale, latency/scale."""
-        means, _ = self.ridge.predict(x)
-        return means[self.indices(arms)]
+        return self.predict(x)[0][self.indices(arms)]
 
     def _scores(
         self, x: np.ndarray, arms: Sequence[str], preference: Preference
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Mean utility and its standard-deviation proxy ``sqrt(z' A^-1 z)`` for the candidates."""
+        """Mean utility and its standard-deviation proxy for the candidates."""
         idx = self.indices(arms)
-        means, widths = self.ridge.predict(x)
-        return means[idx] @ preference.signed, np.sqrt(widths[idx])
+        means, widths = self.predict(x)
+        return means[idx] @ preference.signed, widths[idx]
 
     def _arrays(self) -> dict[str, np.ndarray]:
-        return self.ridge.arrays()
+        arrays = {f"full.{k}": v for k, v in self.ridge.arrays().items()}
+        arrays |= {f"fallback.{k}": v for k, v in self.fallback.arrays().items()}
+        arrays["errors"] = self.errors.copy()
+        return arrays
 
     def _restore(self, state: dict[str, np.ndarray]) -> None:
-        self.ridge = RidgeArms.from_arrays(state)
+        def part(prefix: str) -> dict[str, np.ndarray]:
+            return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+        self.ridge = RidgeArms.from_arrays(part("full."))
+        self.fallback = RidgeArms.from_arrays(part("fallback."))
+        self.errors = np.array(state["errors"], dtype=float)
         self._restore_config(state)
 
     def _restore_config(self, state: dict[str, np.ndarray]) -> None:

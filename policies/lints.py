@@ -51,6 +51,7 @@ class LinTS(LinearPolicy):
         floor: float = DEFAULT_FLOOR,
         intercept_precision: float = 1.0,
         feature_precision: float | np.ndarray = 1.0,
+        fallback_features: Sequence[int] | np.ndarray = (),
         scale: float = DEFAULT_SCALE,
         samples: int = DEFAULT_SAMPLES,
         seed: int = 0,
@@ -61,7 +62,9 @@ class LinTS(LinearPolicy):
         self.samples = int(samples)
         self.seed = int(seed)
         self._draws: dict[int, np.ndarray] = {}
-        super().__init__(arms, dim, scales, floor, intercept_precision, feature_precision)
+        super().__init__(
+            arms, dim, scales, floor, intercept_precision, feature_precision, fallback_features
+        )
 
     def draws(self, k: int) -> np.ndarray:
         """The fixed standard-normal draws ``(samples, k)`` used for ``k`` candidates."""

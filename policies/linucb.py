@@ -50,12 +50,15 @@ class LinUCB(LinearPolicy):
         floor: float = DEFAULT_FLOOR,
         intercept_precision: float = 1.0,
         feature_precision: float | np.ndarray = 1.0,
+        fallback_features: Sequence[int] | np.ndarray = (),
         alpha: float = DEFAULT_ALPHA,
     ) -> None:
         if alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}")
         self.alpha = float(alpha)
-        super().__init__(arms, dim, scales, floor, intercept_precision, feature_precision)
+        super().__init__(
+            arms, dim, scales, floor, intercept_precision, feature_precision, fallback_features
+        )
 
     def upper_bounds(self, x: np.ndarray, arms: Sequence[str], preference: Preference) -> np.ndarray:
         """The optimistic utility of each candidate arm."""

