@@ -1,0 +1,112 @@
+"""The event bus interface: publish keyed records durably, read them back by offset.
+
+Consumers never commit offsets to the bus: the caller passes the next offset to read per partition
+and stores its progress in its own database, in one transaction with its state (DESIGN section 6).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Record:
+    """One record read from a topic partition; ``ts`` is when the bus accepted it (unix seconds)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: str
+    value: bytes
+    ts: float
+
+
+StartOffset = Callable[[str, int], int]
+"""``start_offset(topic, partition)``: the next offset to read, from the caller's own store."""
+
+
+class BusClosedError(RuntimeError):
+    """A bus or consumer was used after ``close()``."""
+
+
+class Consumer(Protocol):
+    """Reads the partitions assigned to it, from the offsets its caller chose."""
+
+    def poll(self, max_records: int = 500, timeout_s: float = 0.1) -> list[Record]:
+        """Up to ``max_records`` records of assigned partitions, in offset order per partition.
+
+        Waits up to ``timeout_s`` when nothing is there and then returns ``[]``.
+        """
+        ...
+
+    def assignment(self) -> list[tuple[str, int]]:
+        """The (topic, partition) pairs this consumer reads."""
+        ...
+
+    def close(self) -> None:
+        """Stop reading; polling afterwards raises ``BusClosedError``."""
+        ...
+
+
+class Bus(Protocol):
+    """A durable, partitioned, append-only log of keyed records."""
+
+    def publish(self, topic: str, key: str, value: bytes) -> int:
+        """Append one record and return its offset; it is durable when this returns."""
+        ...
+
+    def publish_many(self, records: Sequence[tuple[str, str, bytes]]) -> list[int]:
+        """Append ``(topic, key, value)`` records in one durable write; their offsets, in order."""
+        ...
+
+    def consumer(self, topics: Sequence[str], group: str, start_offset: StartOffset) -> Consumer:
+        """A consumer of ``topics`` starting at ``start_offset(topic, partition)`` per partition."""
+        ...
+
+    def close(self) -> None:
+        """Release the bus's resources; using it or its consumers afterwards raises
+        ``BusClosedError``."""
+        ...
+
+
+def check_record(topic: str, key: str, value: bytes) -> None:
+    """Reject a record no adapter can store, with a message saying which part is wrong."""
+    if not isinstance(topic, str) or not topic:
+        raise ValueError(f"topic must be a non-empty string, got {topic!r}")
+    if not isinstance(key, str):
+        raise TypeError(f"key must be a string (a decision id), got {type(key).__name__}")
+    if not isinstance(value, bytes):
+        raise TypeError(f"value must be bytes (an encoded event), got {type(value).__name__}")
+
+
+def check_subscription(topics: Sequence[str]) -> list[str]:
+    """The distinct topics of a subscription, in the given order; at least one is required."""
+    if isinstance(topics, str):
+        raise TypeError(f"topics must be a sequence of topic names, not the string {topics!r}")
+    distinct = list(dict.fromkeys(topics))
+    if not distinct:
+        raise ValueError("a consumer needs at least one topic")
+    for topic in distinct:
+        if not isinstance(topic, str) or not topic:
+            raise ValueError(f"topic must be a non-empty string, got {topic!r}")
+    return distinct
+
+
+def check_start(topic: str, partition: int, offset: int) -> int:
+    """The caller's start offset for a partition, which must be a non-negative integer."""
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise ValueError(
+            f"start_offset({topic!r}, {partition}) returned {offset!r}; it must be the next offset"
+            " to read, an integer >= 0 (0 reads from the beginning)"
+        )
+    return offset
+
+
+def check_poll(max_records: int, timeout_s: float) -> None:
+    """Reject a nonsensical poll request."""
+    if max_records < 1:
+        raise ValueError(f"max_records must be >= 1, got {max_records}")
+    if not timeout_s >= 0:
+        raise ValueError(f"timeout_s must be >= 0, got {timeout_s}")
