@@ -1,0 +1,550 @@
+"""The router service without HTTP: route a request, accept feedback, report decisions, the
+catalog, the policies and the totals. `bandit_router.api` is a thin shell over it.
+
+The bus and the database engine are injected (embedded: SQLite and its log table; later Kafka and
+Postgres), so the same code paths serve both deployments.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from sqlalchemy import Engine, text
+
+from bandit_router.catalog import (
+    DEMO_CATALOG,
+    CatalogError,
+    CatalogModel,
+    call_cost,
+    typical_cost,
+)
+from bandit_router.config import ConfigError, Settings
+from bandit_router.featurizer import Featurizer
+from bandit_router.learner import Learner, LearnerThread
+from bandit_router.policy_set import PolicySet, prior_outcome
+from bandit_router.storage import Storage, check_schema, make_engine, migrate
+from policies import LinearPolicy, Preference
+from streams import (
+    TOPIC_DECISIONS,
+    TOPIC_FEEDBACK,
+    Bus,
+    DecisionEvent,
+    EventError,
+    FeedbackEvent,
+    Record,
+    SparseFeatures,
+    decode,
+    encode,
+)
+from streams.embedded import EmbeddedBus
+
+MAX_FEATURE_MAGNITUDE = 1e6  # larger context values overflow the policies' quadratic forms
+
+
+class ServiceError(Exception):
+    """A request the service cannot serve; ``field`` names the part of the request at fault."""
+
+    status = 422
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class InvalidRequestError(ServiceError):
+    """The request contradicts itself or the service's state (unknown model, policy, ...)."""
+
+
+class NotFoundError(ServiceError):
+    """The decision or model named in the request does not exist."""
+
+    status = 404
+
+
+class ConflictError(ServiceError):
+    """The request is fine but the service's state cannot serve it (e.g. no enabled model)."""
+
+    status = 409
+
+
+@runtime_checkable
+class RecordFinder(Protocol):
+    """A bus that can look records up by key (the embedded one): lets the API check decisions."""
+
+    def find(self, topic: str, key: str) -> list[Record]: ...
+
+
+@dataclass(frozen=True)
+class Expected:
+    """The serving policy's predicted outcome of the chosen model (quality, USD, ms)."""
+
+    quality: float
+    cost: float
+    latency_ms: float
+
+
+@dataclass(frozen=True)
+class RouteResult:
+    decision_id: str
+    model: str
+    propensity: float
+    probabilities: dict[str, float]
+    policy: str
+    policy_version: int
+    expected: Expected | None
+
+
+@dataclass(frozen=True)
+class DecisionInfo:
+    decision_id: str
+    state: str  # pending | applied | dead_lettered
+    decision: dict[str, Any] | None  # the logged event, if the bus can look it up
+    detail: dict[str, Any]
+
+
+class RouterService:
+    """Routes requests with the policies of a `PolicySet` and logs every decision to the bus.
+
+    Thread-safe: request threads and the learner share the policies under ``policies.lock``;
+    sampling uses one seeded generator under the same lock.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        storage: Storage,
+        bus: Bus,
+        featurizer: Featurizer,
+        policies: PolicySet,
+        *,
+        engine: Engine | None = None,
+        learner: Learner | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.storage = storage
+        self.bus = bus
+        self.featurizer = featurizer
+        self.policies = policies
+        self.engine = engine
+        self.learner = learner
+        self.learner_thread: LearnerThread | None = None
+        self._clock = clock
+        self._rng = np.random.default_rng(settings.seed)
+        self._catalog = {model.name: model for model in storage.list_models()}
+        self._owns_engine = False
+
+    @classmethod
+    def open(
+        cls,
+        settings: Settings,
+        *,
+        engine: Engine | None = None,
+        bus: Bus | None = None,
+        seed_models: Iterable[CatalogModel] = DEMO_CATALOG,
+        clock: Callable[[], float] = time.time,
+    ) -> RouterService:
+        """The embedded service: the database at ``settings.database_url`` (SQLite is migrated
+        here, any other database must already be current), the catalog seeded with
+        ``seed_models`` if it never held a model, the learner resumed from its last checkpoint
+        (started by `start`)."""
+        owns_engine = engine is None
+        engine = engine or make_engine(settings.database_url)
+        if engine.dialect.name == "sqlite":
+            migrate(engine)
+        else:
+            check_schema(engine)
+        storage = Storage(engine, clock)
+        storage.seed_catalog(seed_models)
+        if bus is None:
+            if settings.bus != "embedded":
+                raise ConfigError(
+                    f"bus {settings.bus!r} is not available in this version; use bus = 'embedded'"
+                )
+            bus = EmbeddedBus(engine, clock)
+        featurizer = Featurizer(settings.feature_dim)
+        learner = Learner.open(settings, storage, bus, featurizer, clock=clock)
+        service = cls(
+            settings,
+            storage,
+            bus,
+            featurizer,
+            learner.policies,
+            engine=engine,
+            learner=learner,
+            clock=clock,
+        )
+        service._owns_engine = owns_engine
+        return service
+
+    def start(self) -> None:
+        """Start the learner in a background thread (if this service has one)."""
+        if self.learner is not None and self.learner_thread is None:
+            self.learner_thread = LearnerThread(self.learner)
+            self.learner_thread.start()
+
+    def close(self) -> None:
+        """Stop the learner after its final commit and release the bus."""
+        if self.learner_thread is not None:
+            self.learner_thread.stop()
+        self.bus.close()
+        if self._owns_engine and self.engine is not None:
+            self.engine.dispose()
+
+    # --- route -----------------------------------------------------------------------------------
+    def route(
+        self,
+        *,
+        prompt: str | None = None,
+        features: Sequence[float] | None = None,
+        models: Sequence[str] | None = None,
+        preference: Preference | None = None,
+        cost_weight: float | None = None,
+        policy: str | None = None,
+        tenant: str | None = None,
+    ) -> RouteResult:
+        """Pick a model for one request and log the decision durably before answering."""
+        x = self._context(prompt, features)
+        weights = self._preference(preference, cost_weight)
+        name = self._policy_name(policy)
+        candidates = self._candidates(models)
+        chosen_policy = self.policies[name]
+        with self.policies.lock:
+            probabilities = chosen_policy.probabilities(x, candidates, weights)
+            cumulative = np.cumsum(probabilities)
+            index = int(np.searchsorted(cumulative, self._rng.random() * cumulative[-1], "right"))
+            index = min(index, len(candidates) - 1)
+            version = chosen_policy.updates
+            predicted = (
+                chosen_policy.expected(x, [candidates[index]])[0]
+                if isinstance(chosen_policy, LinearPolicy)
+                else None
+            )
+            scales = chosen_policy.scales
+        chosen = candidates[index]
+        try:
+            event = DecisionEvent(
+                decision_id=uuid.uuid4().hex,
+                ts=self._clock(),
+                policy=name,
+                policy_version=version,
+                arms=tuple(candidates),
+                chosen=chosen,
+                propensity=float(probabilities[index]),
+                probabilities=tuple(probabilities.tolist()),
+                preference=(weights.quality, weights.cost, weights.latency),
+                features=SparseFeatures.from_dense(x),
+                tenant=tenant,
+            )
+        except EventError as error:  # only the tenant text comes unchecked from the caller
+            raise InvalidRequestError(_field_of(error), str(error)) from None
+        payload = encode(event)
+        if self.settings.keep_prompts and prompt is not None:
+            # Opt-in debugging aid: decoders ignore fields they do not know.
+            payload = _with_field(payload, "prompt", prompt)
+        self.bus.publish(TOPIC_DECISIONS, event.decision_id, payload)
+        expected = None
+        if predicted is not None:
+            expected = Expected(
+                quality=float(np.clip(predicted[0], 0.0, 1.0)),
+                cost=float(max(predicted[1], 0.0) * scales.cost),
+                latency_ms=float(max(predicted[2], 0.0) * scales.latency_ms),
+            )
+        return RouteResult(
+            decision_id=event.decision_id,
+            model=chosen,
+            propensity=event.propensity,
+            probabilities=dict(zip(candidates, event.probabilities, strict=True)),
+            policy=name,
+            policy_version=version,
+            expected=expected,
+        )
+
+    def _context(self, prompt: str | None, features: Sequence[float] | None) -> np.ndarray:
+        if (prompt is None) == (features is None):
+            raise InvalidRequestError(
+                "prompt", "give exactly one of prompt (text) or features (numbers)"
+            )
+        if prompt is not None:
+            return self.featurizer.transform(prompt)
+        x = np.asarray(features, dtype=float)
+        if x.shape != (self.featurizer.dim,):
+            raise InvalidRequestError(
+                "features",
+                f"expected {self.featurizer.dim} numbers (feature_dim), got {x.size}",
+            )
+        if not np.all(np.isfinite(x)) or np.abs(x).max() > MAX_FEATURE_MAGNITUDE:
+            raise InvalidRequestError(
+                "features", f"every value must be finite and within +-{MAX_FEATURE_MAGNITUDE:g}"
+            )
+        return x
+
+    def _preference(self, preference: Preference | None, cost_weight: float | None) -> Preference:
+        if preference is not None and cost_weight is not None:
+            raise InvalidRequestError(
+                "cost_weight", "give preference or cost_weight, not both"
+            )
+        if preference is not None:
+            return preference
+        weight = self.settings.default_cost_weight if cost_weight is None else cost_weight
+        try:
+            return Preference.from_cost_weight(weight)
+        except ValueError as error:
+            raise InvalidRequestError("cost_weight", str(error)) from None
+
+    def _policy_name(self, policy: str | None) -> str:
+        if policy is None:
+            return self.policies.serving
+        if policy not in self.policies:
+            raise InvalidRequestError(
+                "policy", f"unknown policy {policy!r}; choose from {', '.join(self.policies)}"
+            )
+        return policy
+
+    def _candidates(self, models: Sequence[str] | None) -> list[str]:
+        catalog = self._catalog
+        if models is None:
+            candidates = [name for name, model in catalog.items() if model.enabled]
+            if not candidates:
+                raise ConflictError(
+                    "models", "the catalog has no enabled model; add one with PUT /v1/models/{name}"
+                )
+            return candidates
+        if not models:
+            raise InvalidRequestError("models", "the candidate list is empty; name at least one")
+        if len(set(models)) != len(models):
+            duplicates = sorted({m for m in models if list(models).count(m) > 1})
+            raise InvalidRequestError("models", f"{', '.join(duplicates)} listed more than once")
+        for name in models:
+            model = catalog.get(name)
+            if model is None or not model.enabled:
+                enabled = [n for n, m in catalog.items() if m.enabled]
+                state = "unknown" if model is None else "disabled"
+                raise InvalidRequestError(
+                    "models",
+                    f"{state} model {name!r}; enabled models: {', '.join(enabled) or '(none)'}",
+                )
+        return list(models)
+
+    # --- feedback --------------------------------------------------------------------------------
+    def feedback(
+        self,
+        *,
+        decision_id: str,
+        quality: float,
+        cost: float | None = None,
+        latency_ms: float | None = None,
+        feedback_id: str | None = None,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+    ) -> str:
+        """Publish the outcome of a decision for the learner; returns the feedback id.
+
+        A missing cost is filled from the chosen model's catalog price (with the token counts if
+        given, else a typical call). With a bus that can look decisions up, feedback for a
+        decision it never logged is refused (`NotFoundError`); resending a feedback id is
+        harmless (the learner ignores redeliveries).
+        """
+        decision = self._logged_decision(decision_id)
+        if decision is None and isinstance(self.bus, RecordFinder):
+            raise NotFoundError("decision_id", f"no decision {decision_id!r} was routed here")
+        if cost is None and decision is not None:
+            cost = self._catalog_cost(decision.chosen, input_tokens, output_tokens)
+        try:
+            event = FeedbackEvent(
+                feedback_id=feedback_id or uuid.uuid4().hex,
+                decision_id=decision_id,
+                ts=self._clock(),
+                quality=quality,
+                cost=cost,
+                latency_ms=latency_ms,
+            )
+        except EventError as error:
+            raise InvalidRequestError(_field_of(error), str(error)) from None
+        self.bus.publish(TOPIC_FEEDBACK, decision_id, encode(event))
+        return event.feedback_id
+
+    def _catalog_cost(
+        self, model_name: str, input_tokens: int | None, output_tokens: int | None
+    ) -> float | None:
+        model = self._catalog.get(model_name) or self.storage.get_model(model_name, True)
+        if model is None:
+            return None
+        if input_tokens is None and output_tokens is None:
+            return typical_cost(model)
+        try:
+            return call_cost(
+                model,
+                model.typical_input_tokens if input_tokens is None else input_tokens,
+                model.typical_output_tokens if output_tokens is None else output_tokens,
+            )
+        except CatalogError as error:
+            raise InvalidRequestError("input_tokens", str(error)) from None
+
+    def _logged_decision(self, decision_id: str) -> DecisionEvent | None:
+        if not isinstance(self.bus, RecordFinder):
+            return None
+        for record in self.bus.find(TOPIC_DECISIONS, decision_id):
+            try:
+                event = decode(record.value)
+            except EventError:
+                continue
+            if isinstance(event, DecisionEvent):
+                return event
+        return None
+
+    # --- decisions -------------------------------------------------------------------------------
+    def decision(self, decision_id: str) -> DecisionInfo:
+        """Where a decision is: pending (logged, no feedback applied yet), applied, or
+        dead_lettered (with the reason)."""
+        logged = self._logged_decision(decision_id)
+        status = self.storage.decision_status(decision_id)
+        if status is None and logged is None:
+            raise NotFoundError("decision_id", f"no decision {decision_id!r} is known")
+        state, detail = status if status is not None else ("pending", {})
+        return DecisionInfo(
+            decision_id=decision_id,
+            state=state,
+            decision=None if logged is None else _decision_body(logged),
+            detail=detail,
+        )
+
+    # --- catalog ---------------------------------------------------------------------------------
+    def list_models(self, include_removed: bool = False) -> list[CatalogModel]:
+        if include_removed:
+            return self.storage.list_models(include_removed=True)
+        return sorted(self._catalog.values(), key=lambda model: model.name)
+
+    def get_model(self, name: str) -> CatalogModel:
+        model = self._catalog.get(name)
+        if model is None:
+            raise NotFoundError("name", f"no model {name!r} in the catalog")
+        return model
+
+    def put_model(self, model: CatalogModel) -> bool:
+        """Create or replace a model; a new one becomes an arm of every policy at once (with its
+        prior). True if it was created (or revived after removal)."""
+        with self.policies.lock:
+            created = self.storage.put_model(model)
+            self.policies.ensure_arm(model.name, prior_outcome(model))
+            self._catalog = dict(sorted({**self._catalog, model.name: model}.items()))
+        return created
+
+    def remove_model(self, name: str) -> None:
+        """Stop routing to ``name`` by default; its arm and history stay in every policy."""
+        with self.policies.lock:
+            if not self.storage.remove_model(name):
+                raise NotFoundError("name", f"no model {name!r} in the catalog")
+            self._catalog = {n: m for n, m in self._catalog.items() if n != name}
+
+    # --- introspection ---------------------------------------------------------------------------
+    def policies_info(self) -> list[dict[str, Any]]:
+        """Each policy: name, live version (= events learned), newest stored snapshot version,
+        whether it serves, and its arms."""
+        stored = self.storage.snapshot_versions()
+        with self.policies.lock:
+            return [
+                {
+                    "name": name,
+                    "version": policy.updates,
+                    "events_learned": policy.updates,
+                    "snapshot_version": stored.get(name),
+                    "serving": name == self.policies.serving,
+                    "arms": list(policy.arms),
+                }
+                for name, policy in self.policies.items()
+            ]
+
+    def stats(self) -> dict[str, int]:
+        """Committed totals (decisions and feedback as the learner consumed them) and the serving
+        policy's live version."""
+        totals = self.storage.stats()
+        with self.policies.lock:
+            version = self.policies.serving_policy.updates
+        keys = (
+            "decisions",
+            "feedback_received",
+            "feedback_applied",
+            "dead_letters",
+            "pending_decisions",
+            "waiting_feedback",
+        )
+        return {key: int(totals.get(key, 0)) for key in keys} | {"policy_version": version}
+
+    def readiness(self) -> dict[str, Any]:
+        """Whether the database answers and the learner thread runs, with the reason if not."""
+        checks: dict[str, Any] = {}
+        try:
+            engine = self.engine
+            if engine is not None:
+                with engine.connect() as connection:
+                    connection.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception as error:  # any driver error means "not ready", with its text
+            checks["database"] = f"unreachable: {error}"
+        thread = self.learner_thread
+        if thread is None:
+            checks["learner"] = "not started" if self.learner is not None else "external"
+        elif thread.alive:
+            checks["learner"] = "ok"
+        else:
+            checks["learner"] = f"stopped: {thread.error!r}"
+        checks["ready"] = checks["database"] == "ok" and checks["learner"] in ("ok", "external")
+        return checks
+
+
+def catalog_model(name: str, **values: Any) -> CatalogModel:
+    """A `CatalogModel` from API fields, with `CatalogError` turned into `InvalidRequestError`."""
+    known = {f.name for f in fields(CatalogModel)} - {"name"}
+    try:
+        return replace(CatalogModel(name), **{k: v for k, v in values.items() if k in known})
+    except CatalogError as error:
+        message = str(error)
+        field = next((f for f in sorted(known) if message.startswith(f)), "name")
+        raise InvalidRequestError(field, message) from None
+
+
+def _decision_body(event: DecisionEvent) -> dict[str, Any]:
+    return {
+        "ts": event.ts,
+        "policy": event.policy,
+        "policy_version": event.policy_version,
+        "model": event.chosen,
+        "propensity": event.propensity,
+        "probabilities": dict(zip(event.arms, event.probabilities, strict=True)),
+        "preference": dict(zip(("quality", "cost", "latency"), event.preference, strict=True)),
+        "tenant": event.tenant,
+    }
+
+
+def _with_field(payload: bytes, name: str, value: Any) -> bytes:
+    body = json.loads(payload)
+    body[name] = value
+    return json.dumps(body, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def _field_of(error: EventError) -> str:
+    """The field an `EventError` message names (``field 'quality' must ...``)."""
+    message = str(error)
+    start = message.find("'")
+    end = message.find("'", start + 1)
+    return message[start + 1 : end] if 0 <= start < end else "body"
+
+
+__all__ = [
+    "ConflictError",
+    "DecisionInfo",
+    "Expected",
+    "InvalidRequestError",
+    "NotFoundError",
+    "RouteResult",
+    "RouterService",
+    "ServiceError",
+    "catalog_model",
+]
