@@ -1,4 +1,4 @@
-"""The `bandit-router` command line: replay and synth (more commands arrive with the service).
+"""The `bandit-router` command line: serve the router, upgrade its database, replay and synth.
 
 Usage errors print one line, ``bandit-router <command>: error: <what is wrong>``, and exit 2.
 """
@@ -10,8 +10,11 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from threadpoolctl import threadpool_limits
+
 from bandit_router.dataset import DatasetError, load_routing_csv
 from bandit_router.policy_factory import POLICY_NAMES
+from bandit_router.storage import StorageError
 
 EXIT_USAGE = 2
 
@@ -43,7 +46,8 @@ def _policy_names(text: str) -> list[str]:
     unknown = [n for n in names if n not in POLICY_NAMES]
     if unknown or not names:
         raise argparse.ArgumentTypeError(
-            f"unknown policy {', '.join(unknown) or '(none)'}; choose from {', '.join(POLICY_NAMES)}"
+            f"unknown policy {', '.join(unknown) or '(none)'}; "
+            f"choose from {', '.join(POLICY_NAMES)}"
         )
     return names
 
@@ -68,9 +72,35 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _port(text: str) -> int:
+    port = _positive_int(text)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a TCP port (1-65535)")
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bandit-router", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the HTTP API with its learner (embedded: SQLite file, in-process bus)",
+        description="Serve the router. Flags override the environment (BANDIT_ROUTER_*), which "
+        "overrides the --config TOML file.",
+    )
+    serve.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=_port, help="TCP port (default 8000)")
+    serve.add_argument("--database", metavar="URL",
+                       help="SQLAlchemy URL (default sqlite:///bandit-router.db in this folder)")
+    serve.add_argument("--policy", choices=POLICY_NAMES, help="the serving policy")
+    serve.add_argument("--config", metavar="FILE", help="TOML settings file")
+
+    database = commands.add_parser("db", help="database maintenance")
+    db_commands = database.add_subparsers(dest="db_command", required=True, parser_class=_Parser)
+    upgrade = db_commands.add_parser("upgrade", help="migrate the schema to the newest revision")
+    upgrade.add_argument("--database", metavar="URL", help="SQLAlchemy URL (default from config)")
+    upgrade.add_argument("--config", metavar="FILE", help="TOML settings file")
 
     replay = commands.add_parser("replay", help="replay a routing dataset through online policies")
     replay.add_argument("data", help="CSV in RouterBench wide layout")
@@ -80,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="comma-separated cost weights in [0, 1] (default 0.1,0.2)")
     replay.add_argument("--seed", type=int, default=0, help="row order and sampling seed")
     replay.add_argument("--out", default="replay-out", help="output folder (default replay-out)")
-    replay.add_argument("--limit", type=_positive_int, help="replay only the first N rows of the order")
+    replay.add_argument("--limit", type=_positive_int,
+                        help="replay only the first N rows of the order")
     replay.add_argument("--cost-scale", type=_positive_float,
                         help="USD per call that counts as full cost (default: mean cost of the "
                              "dearest model in the file)")
@@ -122,6 +153,46 @@ def _synth(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}: {args.rows} rows, models {', '.join(data.models)}")
 
 
+def _settings(args: argparse.Namespace, **flags: object) -> object:
+    from bandit_router.config import load_settings
+
+    overrides = {name: value for name, value in flags.items() if value is not None}
+    return load_settings(args.config, **overrides)
+
+
+def _serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from bandit_router.api import create_app
+
+    settings = _settings(
+        args,
+        host=args.host,
+        port=args.port,
+        database_url=args.database,
+        serving_policy=args.policy,
+    )
+    app = create_app(settings)  # type: ignore[arg-type]
+    # One worker: the embedded learner and its policies live in this process.
+    uvicorn.run(
+        app,
+        host=settings.host,  # type: ignore[attr-defined]
+        port=settings.port,  # type: ignore[attr-defined]
+        workers=1,
+        access_log=False,
+        log_level="info",
+    )
+
+
+def _db(args: argparse.Namespace) -> None:
+    from bandit_router.storage import migrate
+
+    settings = _settings(args, database_url=args.database)
+    url = settings.database_url  # type: ignore[attr-defined]
+    revision = migrate(url)
+    print(f"database {url} is at schema revision {revision}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `bandit-router` console script; returns the exit code."""
     parser = build_parser()
@@ -129,9 +200,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         command = f"bandit-router {args.command}"
-        {"replay": _replay, "synth": _synth}[args.command](args)
-    except (UsageError, DatasetError, ValueError, OSError) as err:
-        print(f"{command}: error: {err}", file=sys.stderr)
+        # The policies' matrices are small (d ~ 257): a multi-threaded BLAS spends more on waking
+        # threads than on the arithmetic, up to 10x slower on a busy machine. One thread each.
+        with threadpool_limits(limits=1, user_api="blas"):
+            commands = {"replay": _replay, "synth": _synth, "serve": _serve, "db": _db}
+            commands[args.command](args)
+    except (UsageError, DatasetError, ValueError, OSError, StorageError) as err:
+        message = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        print(f"{command}: error: {message}", file=sys.stderr)
         return EXIT_USAGE
     return 0
 
