@@ -25,10 +25,13 @@ class PolicyParams:
     """
 
     floor: float = 0.005
-    intercept_precision: float = 1.0
+    # The intercept's prior is far weaker than the features': an arm's mean must live in its
+    # intercept, or a feature that is constant on the rows an arm happened to get (say, "long
+    # prompt") soaks up part of the mean and the arm is mispredicted everywhere else.
+    intercept_precision: float = 0.01
     dense_precision: float = 1.0
-    hashed_precision: float = 100.0
-    alpha: float = 0.1
+    hashed_precision: float = 10.0
+    alpha: float = 0.5
     ts_scale: float = 0.1
     epsilon: float = 0.05
 

@@ -18,7 +18,15 @@ from tqdm import tqdm
 from bandit_router.dataset import RoutingDataset
 from bandit_router.featurizer import Featurizer
 from bandit_router.policy_factory import POLICY_NAMES, PolicyParams, make_policy
-from policies import Outcome, Policy, Preference, Scales, normalize_columns, oracle_choices, utilities
+from policies import (
+    Outcome,
+    Policy,
+    Preference,
+    Scales,
+    normalize_columns,
+    oracle_choices,
+    utilities,
+)
 
 DEFAULT_LATENCY_SCALE_MS = 10_000.0
 CURVE_POINTS = 200

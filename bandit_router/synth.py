@@ -8,24 +8,30 @@ How a row is made (everything is drawn from one ``np.random.default_rng(seed)``)
   frequencies (`TASK_WEIGHTS`). The cluster is written as ``eval_name`` (``synth/math``, ...) and
   kept as `SynthData.task_index`.
 - **Prompt.** 10-60 words; each word is taken with probability `TOPIC_WORD_SHARE` (0.4) from the
-  cluster's 25-word vocabulary and otherwise from a shared 80-word filler vocabulary, so the words
+  cluster's 25-word vocabulary and otherwise from a shared ~80-word filler vocabulary, so the words
   reveal the cluster, noisily. Some words carry a comma; prompts end in ``.`` or ``?``.
 - **Models.** `MODEL_LADDER` has 8 models priced like real 2024-25 APIs, cheapest first;
   ``generate(models=k)`` takes ``k`` of them spread over the ladder (always the cheapest and the
   dearest). Skill rises with price, but not strictly.
 - **Quality.** Expected quality ``mu[m, c] = sigmoid(skill[m] - difficulty[c] + affinity[m, c])``
-  with ``affinity ~ Normal(0, AFFINITY_STD)`` drawn per seed and centred per model, so a cheap model
-  can match a dear one on some tasks and lose badly on others. Observed quality is
+  with ``affinity[m, c] ~ Normal(0, AFFINITY_STD[m])`` drawn per seed and centred per model, so a
+  cheap model can match a dear one on some tasks and lose badly on others. Observed quality is
   ``clip(mu + shift + noise, 0, 1)``: ``shift ~ Normal(0, ROW_SHIFT_STD)`` is one per row, shared by
   all models (some prompts are just harder); ``noise ~ Normal(0, QUALITY_NOISE_STD)`` is per cell.
   Both are small, so the per-row oracle is mostly the expected-utility oracle.
 - **Cost.** Input tokens ``ceil(chars / 4)``; output tokens ``task mean x model verbosity x
-  LogNormal(0, OUTPUT_TOKENS_SIGMA)``, at least 1. ``cost = (in * price_in + out * price_out) / 1e6``.
+  LogNormal(0, OUTPUT_TOKENS_SIGMA)``, rounded, at least 1;
+  ``cost = (in * price_in + out * price_out) / 1e6`` USD.
 - **Latency.** ``(ttft + out * ms_per_output_token) x LogNormal(0, LATENCY_SIGMA)``; bigger models
   are slower.
 
-Columns: ``sample_id``, ``eval_name``, ``prompt``, one quality column per model, then
-``<model>|total_cost`` per model, then ``<model>|latency_ms`` per model.
+Columns: ``sample_id`` (``<eval_name>.<row>``), ``eval_name``, ``prompt``, one quality column per
+model, then ``<model>|total_cost`` per model, then ``<model>|latency_ms`` per model.
+
+The constants are tuned so that the cost/quality trade-off is real; ``tests/test_synth.py`` checks
+it on seeds 0-4 with 6 models, on expected quality with the dearest model's mean cost as the cost
+scale. Weighting cost 0.1, over 30% of rows are best served by one of the two dearest models;
+weighting it 0.9, over 30% by the cheapest; and routing per row beats the best single model.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from bandit_router.dataset import RoutingDataset
 
 
 @dataclass(frozen=True)
@@ -60,17 +68,19 @@ class SynthTask:
     difficulty: float
 
 
-# Prices follow real tiers (nano/mini models, an open-weights model served cheaply at a flat price,
-# then frontier models). Skill is in logits; "synth-open" is dearer but weaker than "synth-small".
+# Prices follow real tiers: nano/mini models, an open-weights model served at a flat price, then
+# frontier models. The ladder is ordered by what a call costs on this data, where answers outweigh
+# prompts, so the flat-priced "synth-open" sits below "synth-small" despite its higher input price.
+# Skill is in logits and flat across the cheap tier: there, the task decides (see AFFINITY_STD).
 MODEL_LADDER: tuple[SynthModel, ...] = (
-    SynthModel("synth-nano", 0.05, 0.10, -0.4, 150.0, 4.0, 0.8),
+    SynthModel("synth-nano", 0.05, 0.10, 0.6, 150.0, 4.0, 0.8),
     SynthModel("synth-mini", 0.15, 0.60, 0.6, 200.0, 6.0, 1.0),
-    SynthModel("synth-small", 0.25, 1.25, 1.0, 250.0, 8.0, 1.0),
-    SynthModel("synth-open", 0.60, 0.60, 0.8, 300.0, 12.0, 1.1),
-    SynthModel("synth-medium", 1.10, 4.40, 1.6, 350.0, 10.0, 1.2),
-    SynthModel("synth-large", 3.00, 15.00, 2.3, 450.0, 15.0, 1.1),
-    SynthModel("synth-pro", 10.00, 30.00, 3.0, 600.0, 20.0, 1.3),
-    SynthModel("synth-ultra", 15.00, 75.00, 3.6, 800.0, 28.0, 1.2),
+    SynthModel("synth-open", 0.60, 0.60, 0.8, 250.0, 7.0, 1.1),
+    SynthModel("synth-small", 0.25, 1.25, 0.6, 300.0, 9.0, 1.0),
+    SynthModel("synth-medium", 1.10, 4.40, 1.7, 350.0, 11.0, 1.2),
+    SynthModel("synth-large", 3.00, 15.00, 2.0, 450.0, 15.0, 1.1),
+    SynthModel("synth-pro", 10.00, 30.00, 2.1, 600.0, 20.0, 1.3),
+    SynthModel("synth-ultra", 15.00, 75.00, 2.8, 800.0, 28.0, 1.2),
 )
 
 
@@ -78,41 +88,88 @@ def _words(text: str) -> tuple[str, ...]:
     return tuple(text.split())
 
 
-# Difficulty is in the same logits as skill: easy tasks saturate every model (so the cheapest one
-# is as good as any), hard ones sit on the steep part of the sigmoid where skill pays.
+# Difficulty is in the same logits as skill. On easy tasks every model does well and the dear ones
+# add little; on hard ones the cheap tier sits on the steep part of the sigmoid, where skill pays.
 TASKS: tuple[SynthTask, ...] = (
-    SynthTask("math", _words(
-        "integral derivative equation solve prove theorem matrix eigenvalue polynomial probability "
-        "lemma algebra geometry calculus fraction modulo prime factor vector limit sum inequality "
-        "triangle logarithm root"), 300.0, 2.6),
-    SynthTask("code", _words(
-        "python function compile debug refactor class variable loop array recursion exception "
-        "algorithm regex api bug stacktrace pointer thread async unittest javascript sql "
-        "dictionary iterator git"), 400.0, 2.2),
-    SynthTask("summarize", _words(
-        "summarize summary article paragraph tldr bullet condense abstract gist outline overview "
-        "highlights excerpt report briefly recap shorten essay chapter headline digest notes "
-        "keypoints transcript memo"), 150.0, 0.3),
-    SynthTask("translate", _words(
-        "translate french spanish german italian japanese chinese portuguese russian korean "
-        "dutch arabic idiom phrase sentence fluent grammar dialect vocabulary accent bilingual "
-        "subtitle localize wording native"), 120.0, -0.6),
-    SynthTask("chat", _words(
-        "hello thanks weekend movie hobby feel friend recommend favorite dinner plans joke "
-        "birthday vacation weather music chat lonely advice gift party coffee pet garden bored"),
-        180.0, -1.4),
-    SynthTask("legal", _words(
-        "contract clause liability statute plaintiff defendant tort lawsuit jurisdiction "
-        "precedent court attorney lease indemnity breach arbitration negligence copyright "
-        "trademark compliance regulation appeal verdict testimony damages"), 350.0, 2.0),
-    SynthTask("medical", _words(
-        "symptom diagnosis dosage patient fever chronic antibiotic prescription allergy "
-        "infection vaccine blood pressure cardiac insulin diabetes therapy clinical tumor "
-        "surgery migraine rash inflammation prognosis pharmacist"), 300.0, 1.7),
-    SynthTask("trivia", _words(
-        "capital president river mountain invented discovered planet olympic century painter "
-        "novel author ocean continent largest tallest oldest battle dynasty empire element "
-        "composer island flag population"), 30.0, -0.9),
+    SynthTask(
+        "math",
+        _words(
+            "integral derivative equation solve prove theorem matrix eigenvalue polynomial "
+            "probability lemma algebra geometry calculus fraction modulo prime factor vector limit "
+            "sum inequality triangle logarithm root"
+        ),
+        output_tokens_mean=300.0,
+        difficulty=1.6,
+    ),
+    SynthTask(
+        "code",
+        _words(
+            "python function compile debug refactor class variable loop array recursion exception "
+            "algorithm regex api bug stacktrace pointer thread async unittest javascript sql "
+            "dictionary iterator git"
+        ),
+        output_tokens_mean=400.0,
+        difficulty=2.0,
+    ),
+    SynthTask(
+        "summarize",
+        _words(
+            "summarize summary article paragraph tldr bullet condense abstract gist outline "
+            "overview highlights excerpt report briefly recap shorten essay chapter headline "
+            "digest notes keypoints transcript memo"
+        ),
+        output_tokens_mean=150.0,
+        difficulty=0.8,
+    ),
+    SynthTask(
+        "translate",
+        _words(
+            "translate french spanish german italian japanese chinese portuguese russian korean "
+            "dutch arabic idiom phrase sentence fluent grammar dialect vocabulary accent bilingual "
+            "subtitle localize wording native"
+        ),
+        output_tokens_mean=120.0,
+        difficulty=-0.4,
+    ),
+    SynthTask(
+        "chat",
+        _words(
+            "hello thanks weekend movie hobby feel friend recommend favorite dinner plans joke "
+            "birthday vacation weather music chat lonely advice gift party coffee pet garden bored"
+        ),
+        output_tokens_mean=180.0,
+        difficulty=-1.2,
+    ),
+    SynthTask(
+        "legal",
+        _words(
+            "contract clause liability statute plaintiff defendant tort lawsuit jurisdiction "
+            "precedent court attorney lease indemnity breach arbitration negligence copyright "
+            "trademark compliance regulation appeal verdict testimony damages"
+        ),
+        output_tokens_mean=350.0,
+        difficulty=1.0,
+    ),
+    SynthTask(
+        "medical",
+        _words(
+            "symptom diagnosis dosage patient fever chronic antibiotic prescription allergy "
+            "infection vaccine blood pressure cardiac insulin diabetes therapy clinical tumor "
+            "surgery migraine rash inflammation prognosis pharmacist"
+        ),
+        output_tokens_mean=300.0,
+        difficulty=1.3,
+    ),
+    SynthTask(
+        "trivia",
+        _words(
+            "capital president river mountain invented discovered planet olympic century painter "
+            "novel author ocean continent largest tallest oldest battle dynasty empire element "
+            "composer island flag population"
+        ),
+        output_tokens_mean=30.0,
+        difficulty=0.6,
+    ),
 )
 
 # Fixed, unequal cluster frequencies (same order as TASKS); they sum to 1.
@@ -129,9 +186,13 @@ FILLER_VOCABULARY: tuple[str, ...] = _words(
 TOPIC_WORD_SHARE = 0.4
 PROMPT_WORDS = (10, 60)
 COMMA_SHARE = 0.06
-AFFINITY_STD = 0.8
+# Small models are specialists, frontier models even-handed: 0.8 on average. The wide spread on the
+# cheap tier is what makes "which cheap model?" depend on the task by more than the noise.
+AFFINITY_STD: tuple[float, ...] = (1.0, 0.95, 0.9, 0.85, 0.75, 0.7, 0.65, 0.6)
 ROW_SHIFT_STD = 0.05
-QUALITY_NOISE_STD = 0.04
+# Small next to the quality gaps affinity makes, so the per-row oracle mostly agrees with the
+# expected-utility oracle (about 9 rows in 10 at cost weight 0.5).
+QUALITY_NOISE_STD = 0.03
 OUTPUT_TOKENS_SIGMA = 0.3
 LATENCY_SIGMA = 0.2
 
@@ -161,13 +222,12 @@ def _prompts(task_index: np.ndarray, rng: np.random.Generator) -> list[str]:
     lengths = rng.integers(PROMPT_WORDS[0], PROMPT_WORDS[1] + 1, size=rows)
     total = int(lengths.sum())
     word_task = np.repeat(task_index, lengths)
+    topic_table = np.array([task.vocabulary for task in TASKS])  # every vocabulary has 25 words
     topic = rng.random(total) < TOPIC_WORD_SHARE
-    topic_pick = rng.integers(0, 25, size=total)
+    topic_pick = rng.integers(0, topic_table.shape[1], size=total)
     filler_pick = rng.integers(0, len(FILLER_VOCABULARY), size=total)
     comma = rng.random(total) < COMMA_SHARE
     question = rng.random(rows) < 0.5
-
-    topic_table = np.array([task.vocabulary for task in TASKS])
     words = np.where(
         topic,
         topic_table[word_task, topic_pick],
@@ -204,7 +264,7 @@ def generate(models: int = 6, rows: int = 20000, seed: int = 0) -> SynthData:
     --------
     >>> data = generate(models=3, rows=5, seed=1)
     >>> data.models
-    ('synth-nano', 'synth-open', 'synth-ultra')
+    ('synth-nano', 'synth-medium', 'synth-ultra')
     >>> data.quality.shape, data.eval_names[0].startswith("synth/")
     ((5, 3), True)
     >>> bool(np.all(data.cost[:, 0] < data.cost[:, 2]))
@@ -238,9 +298,8 @@ def generate(models: int = 6, rows: int = 20000, seed: int = 0) -> SynthData:
     input_tokens = np.ceil(np.array([len(p) for p in prompts]) / 4.0)[:, None]
     task_tokens = np.array([t.output_tokens_mean for t in TASKS])[task_index][:, None]
     verbosity = np.array([m.verbosity for m in ladder])[None, :]
-    output_tokens = np.maximum(
-        1.0, np.round(task_tokens * verbosity * rng.lognormal(0.0, OUTPUT_TOKENS_SIGMA, (rows, models)))
-    )
+    spread = rng.lognormal(0.0, OUTPUT_TOKENS_SIGMA, size=(rows, models))
+    output_tokens = np.maximum(1.0, np.round(task_tokens * verbosity * spread))
     price_in = np.array([m.price_in_per_m for m in ladder])[None, :]
     price_out = np.array([m.price_out_per_m for m in ladder])[None, :]
     cost = (input_tokens * price_in + output_tokens * price_out) / 1e6
@@ -286,5 +345,20 @@ def write_csv(data: SynthData, path: str | Path) -> None:
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(header)
-        for row, values in enumerate(numbers):
-            writer.writerow([data.sample_ids[row], data.eval_names[row], data.prompts[row], *values])
+        for sample_id, eval_name, prompt, values in zip(
+            data.sample_ids, data.eval_names, data.prompts, numbers, strict=True
+        ):
+            writer.writerow([sample_id, eval_name, prompt, *values])
+
+
+def to_dataset(data: SynthData) -> RoutingDataset:
+    """The generated data as a `RoutingDataset`, as if read back from its CSV (unrounded)."""
+    return RoutingDataset(
+        models=data.models,
+        sample_ids=data.sample_ids,
+        eval_names=data.eval_names,
+        prompts=data.prompts,
+        quality=data.quality,
+        cost=data.cost,
+        latency_ms=data.latency_ms,
+    )

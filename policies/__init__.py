@@ -1,4 +1,5 @@
-"""Bandit math: preferences and utility, the policy interface, linear bandits, baselines, off-policy estimators.
+"""Bandit math: preference and utility, the policy interface, linear bandits, baselines, off-policy
+estimators.
 
 Pure numpy/scipy: no I/O, no imports from `streams` or `bandit_router`.
 """

@@ -54,7 +54,7 @@ class Policy(ABC):
         self.arms.append(arm)
         self._grow(prior)
 
-    def _grow(self, prior: Outcome | None) -> None:
+    def _grow(self, prior: Outcome | None) -> None:  # noqa: B027 - an optional hook
         """Append state for the newest arm; policies without per-arm state need nothing."""
 
     def indices(self, arms: Sequence[str]) -> np.ndarray:
@@ -103,7 +103,7 @@ class Policy(ABC):
         """Learned arrays to keep in the state (copies)."""
         return {}
 
-    def _restore(self, state: dict[str, np.ndarray]) -> None:
+    def _restore(self, state: dict[str, np.ndarray]) -> None:  # noqa: B027 - an optional hook
         """Set hyper-parameters and learned arrays from a state dict."""
 
 

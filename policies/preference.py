@@ -109,7 +109,7 @@ def utility(outcome: Outcome, preference: Preference, scales: Scales) -> float:
 
 
 def utilities(normalized_outcomes: np.ndarray, preference: Preference) -> np.ndarray:
-    """Vectorised utility of normalised outcomes (``[..., 3]`` arrays from `normalized` or `normalize_columns`)."""
+    """Vectorised utility of normalised ``[..., 3]`` outcomes (from `normalized` or `normalize_columns`)."""
     values = np.nan_to_num(np.asarray(normalized_outcomes, dtype=float), nan=0.0)
     return values @ preference.signed
 

@@ -31,32 +31,35 @@ def test_estimates_match_closed_form_ridge(policy_type):
     rng = np.random.default_rng(1)
     feature_precision = rng.uniform(0.5, 50.0, size=dim)
     prior = Outcome(quality=0.7, cost=0.004, latency_ms=500.0)
+    fallback = np.array([2, 5, 7])
     policy = policy_type(ARMS[:2], dim=dim, scales=SCALES, intercept_precision=0.3,
-                         feature_precision=feature_precision)
+                         feature_precision=feature_precision, fallback_features=fallback)
     policy.add_arm("c", prior=prior)
     seen: dict[str, list] = {arm: [] for arm in ARMS}
     for x, arm, outcome in random_stream(rng, 500, dim):
         policy.update(x, arm, outcome, Preference(), 1.0)
         seen[arm].append((np.concatenate(([1.0], x)), normalized(outcome, SCALES)))
 
-    precision = np.diag(np.concatenate(([0.3], feature_precision)))
-    for k, arm in enumerate(ARMS):
-        z = np.array([s[0] for s in seen[arm]])
-        y = np.array([s[1] for s in seen[arm]])
-        theta0 = np.zeros((dim + 1, 3))
-        theta0[0] = normalized(prior if arm == "c" else DEFAULT_PRIOR, SCALES)
-        a = precision + z.T @ z
-        expected = np.linalg.solve(a, precision @ theta0 + z.T @ y)
-        np.testing.assert_allclose(policy.ridge.theta[k], expected, atol=1e-8, rtol=0)
-        np.testing.assert_allclose(policy.ridge.a_inv[k], np.linalg.inv(a), atol=1e-8, rtol=0)
-        assert policy.ridge.counts[k] == len(seen[arm])
+    # the full model reads [1, x]; the fallback reads [1, x[fallback]]
+    for ridge, columns in ((policy.ridge, np.arange(dim + 1)), (policy.fallback, np.r_[0, fallback + 1])):
+        precision = np.diag(np.concatenate(([0.3], feature_precision))[columns])
+        for k, arm in enumerate(ARMS):
+            z = np.array([s[0] for s in seen[arm]])[:, columns]
+            y = np.array([s[1] for s in seen[arm]])
+            theta0 = np.zeros((columns.size, 3))
+            theta0[0] = normalized(prior if arm == "c" else DEFAULT_PRIOR, SCALES)
+            a = precision + z.T @ z
+            expected = np.linalg.solve(a, precision @ theta0 + z.T @ y)
+            np.testing.assert_allclose(ridge.theta[k], expected, atol=1e-8, rtol=0)
+            np.testing.assert_allclose(ridge.a_inv[k], np.linalg.inv(a), atol=1e-8, rtol=0)
+            assert ridge.counts[k] == len(seen[arm])
 
 
 @pytest.mark.parametrize("policy_type", [LinUCB, LinTS])
 def test_state_round_trip_is_exact(policy_type):
     dim = 8
     rng = np.random.default_rng(2)
-    policy = policy_type(ARMS, dim=dim, scales=SCALES, floor=0.02)
+    policy = policy_type(ARMS, dim=dim, scales=SCALES, floor=0.02, fallback_features=[0, 3])
     stream = list(random_stream(rng, 300, dim))
     for x, arm, outcome in stream[:200]:
         policy.update(x, arm, outcome, Preference(), 1.0)
@@ -71,6 +74,24 @@ def test_state_round_trip_is_exact(policy_type):
         restored.update(x, arm, outcome, Preference(), 1.0)
     for key, value in policy.state().items():
         np.testing.assert_array_equal(value, restored.state()[key], err_msg=key)
+
+
+def test_content_is_used_only_once_it_predicts_better():
+    """The full model takes over an outcome only when its held-out error beats the fallback's."""
+    rng = np.random.default_rng(5)
+    dim = 20
+    signal = LinUCB(["a", "b"], dim=dim, scales=SCALES, fallback_features=[0], feature_precision=1.0)
+    noise = LinUCB(["a", "b"], dim=dim, scales=SCALES, fallback_features=[0], feature_precision=1.0)
+    weights = rng.normal(size=dim)
+    for _ in range(400):
+        x = rng.normal(size=dim) / np.sqrt(dim)
+        arm = "ab"[rng.integers(2)]
+        # quality depends on the content for `signal`, is pure noise for `noise`
+        q = float(np.clip(0.5 + 0.4 * x @ weights, 0, 1))
+        signal.update(x, arm, Outcome(q, cost=0.001), Preference(), 0.5)
+        noise.update(x, arm, Outcome(float(rng.random()), cost=0.001), Preference(), 0.5)
+    assert signal.uses_full_model()[0]
+    assert not noise.uses_full_model()[0]
 
 
 def test_state_of_another_policy_is_refused():
