@@ -226,7 +226,9 @@ def describe_validation(errors: Sequence[Any]) -> str:
         message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
         if error.get("type") == "extra_forbidden":
             message = "unknown field"
-        elif error.get("type") == "missing" and len(location) <= 1:
+        elif len(location) <= 1 and error.get("type") == "missing":
             message = "a JSON object body is required"
+        elif len(location) <= 1 and error.get("type") in ("model_attributes_type", "dict_type"):
+            message = "must be a JSON object, sent with Content-Type: application/json"
         parts.append(f"{field}: {message}")
     return "; ".join(parts) or "invalid request"

@@ -1,0 +1,186 @@
+"""The learner on the durable embedded bus: exactly-once across a crash, dead letters with their
+reasons, and the out-of-order join surviving a restart."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sqlalchemy import text
+
+from bandit_router.catalog import CatalogModel
+from bandit_router.config import Settings
+from bandit_router.featurizer import Featurizer
+from bandit_router.learner import Learner
+from bandit_router.storage import Storage, make_engine, migrate
+from streams import (
+    TOPIC_DECISIONS,
+    TOPIC_FEEDBACK,
+    DecisionEvent,
+    FeedbackEvent,
+    SparseFeatures,
+    encode,
+)
+from streams.embedded import EmbeddedBus
+
+ARMS = ("cheap", "mid", "strong")
+DIM = 64
+
+
+class Clock:
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def world(tmp_path):
+    """A migrated database with a three-model catalog, its bus and storage, and a fake clock."""
+    url = f"sqlite:///{tmp_path / 'learner.db'}"
+    engine = make_engine(url)
+    migrate(engine)
+    clock = Clock()
+    storage = Storage(engine, clock)
+    storage.seed_catalog(
+        [CatalogModel(name, price_per_call=0.001 * (i + 1)) for i, name in enumerate(ARMS)]
+    )
+    bus = EmbeddedBus(engine, clock)
+    settings = Settings(
+        database_url=url,
+        feature_dim=DIM,
+        snapshot_every_events=100_000,
+        snapshot_every_s=1e9,
+        join_horizon_s=60.0,
+    )
+    yield settings, storage, bus, clock, engine
+    bus.close()
+    engine.dispose()
+
+
+def open_learner(world) -> Learner:
+    settings, storage, bus, clock, _ = world
+    return Learner.open(settings, storage, bus, Featurizer(DIM), clock=clock)
+
+
+def drain(learner: Learner) -> None:
+    while learner.run_once(timeout_s=0):
+        pass
+
+
+def decision(i: int, rng: np.random.Generator, dim: int = DIM) -> DecisionEvent:
+    x = np.where(rng.random(dim) < 0.2, rng.normal(size=dim), 0.0)
+    chosen = ARMS[i % 3]
+    return DecisionEvent(
+        decision_id=f"d{i}",
+        ts=1_000.0,
+        policy="linucb",
+        policy_version=0,
+        arms=ARMS,
+        chosen=chosen,
+        propensity=0.5 if chosen == "cheap" else 0.25,
+        probabilities=(0.5, 0.25, 0.25),
+        preference=(0.8, 0.2, 0.0),
+        features=SparseFeatures.from_dense(x),
+    )
+
+
+def feedback(i: int, quality: float) -> FeedbackEvent:
+    return FeedbackEvent(f"f{i}", f"d{i}", ts=1_000.0, quality=quality, cost=0.001 * (i % 3 + 1))
+
+
+def publish(bus: EmbeddedBus, events: list[DecisionEvent | FeedbackEvent]) -> None:
+    bus.publish_many(
+        [
+            (TOPIC_DECISIONS if isinstance(e, DecisionEvent) else TOPIC_FEEDBACK, e.decision_id, encode(e))
+            for e in events
+        ]
+    )
+
+
+def test_a_crash_replays_exactly_the_uncommitted_events(world):
+    _, storage, bus, _, engine = world
+    rng = np.random.default_rng(7)
+    events = [(decision(i, rng), feedback(i, float(rng.random()))) for i in range(50)]
+    publish(bus, [e for pair in events[:30] for e in pair])
+    first = open_learner(world)
+    drain(first)
+    first.commit()
+    publish(bus, [e for pair in events[30:] for e in pair])
+    drain(first)  # applied in memory, never committed: the process "dies" here
+    assert all(policy.updates == 50 for _, policy in first.policies.items())
+
+    second = open_learner(world)
+    assert all(policy.updates == 30 for _, policy in second.policies.items())
+    drain(second)
+    second.close()
+
+    for name, policy in second.policies.items():
+        assert policy.updates == 50
+        reference = first.policies[name].state()
+        for key, array in policy.state().items():
+            assert np.array_equal(array, reference[key]), f"{name}.{key} differs after replay"
+    with engine.connect() as connection:
+        rows, distinct = connection.execute(
+            text("select count(*), count(distinct decision_id) from applied_feedback")
+        ).one()
+    assert rows == distinct == 50
+    stats = storage.stats()
+    assert stats["decisions"] == 50 and stats["feedback_received"] == 50
+
+
+def test_invalid_records_are_dead_lettered_with_their_reason(world):
+    _, storage, bus, _, engine = world
+    rng = np.random.default_rng(1)
+    good = decision(0, rng)
+    bus.publish_many(
+        [
+            (TOPIC_DECISIONS, "junk", b"\xffnot json"),
+            (TOPIC_DECISIONS, "f9", encode(FeedbackEvent("f9", "f9", ts=1.0, quality=0.5))),
+            (TOPIC_DECISIONS, "d5", encode(decision(5, rng, dim=32))),
+            (TOPIC_DECISIONS, "other-key", encode(decision(6, rng))),
+            (TOPIC_FEEDBACK, "d0", b'{"schema":"feedback/1","feedback_id":"x","decision_id":"d0",'
+             b'"ts":1,"quality":7}'),
+            (TOPIC_DECISIONS, "d0", encode(good)),
+            (TOPIC_FEEDBACK, "d0", encode(feedback(0, 0.9))),
+        ]
+    )
+    learner = open_learner(world)
+    drain(learner)
+    learner.commit()
+    with engine.connect() as connection:
+        reasons = dict(connection.execute(text("select key, reason from dead_letters")).all())
+    assert reasons["junk"].startswith("record value is not UTF-8")
+    assert reasons["f9"] == "topic router.decisions carries decision/1 events, got feedback/1"
+    assert reasons["d5"].startswith("field 'features.dim' is 32")
+    assert reasons["other-key"].startswith("record key 'other-key' is not the event's decision_id")
+    assert reasons["d0"] == "field 'quality' must be in [0, 1], got 7.0"
+    stats = storage.stats()
+    assert stats["dead_letters"] == 5 and stats["feedback_applied"] == 1
+    assert learner.policies.serving_policy.updates == 1
+
+
+def test_out_of_order_feedback_waits_across_a_restart_and_expires_at_the_horizon(world):
+    _, storage, bus, clock, engine = world
+    rng = np.random.default_rng(3)
+    publish(bus, [feedback(1, 0.8), feedback(2, 0.4)])  # before their decisions
+    learner = open_learner(world)
+    drain(learner)
+    learner.close()
+    assert storage.stats()["waiting_feedback"] == 2
+
+    clock.now += 30  # within the 60 s horizon
+    publish(bus, [decision(1, rng)])
+    restarted = open_learner(world)
+    drain(restarted)
+    restarted.commit()
+    assert storage.decision_status("d1")[0] == "applied"
+
+    clock.now += 31  # f2 has now waited 61 s with no decision
+    restarted.run_once(timeout_s=0)
+    restarted.commit()
+    state, detail = storage.decision_status("d2")
+    assert state == "dead_lettered"
+    assert detail["reason"] == "no decision d2 arrived within the join horizon of 60s"
+    stats = storage.stats()
+    assert stats["waiting_feedback"] == 0 and stats["feedback_applied"] == 1
