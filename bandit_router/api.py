@@ -14,6 +14,8 @@ from fastapi import APIRouter, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from bandit_router.api_models import (
     DecisionResponse,
@@ -71,12 +73,13 @@ def create_app(settings: Settings, *, service: RouterService | None = None) -> F
         summary="Routes each LLM request to a model by its own quality/cost/latency preference "
         "and learns online from feedback.",
         lifespan=lifespan,
-        responses=_errors(422),
+        responses=_errors(400, 422),
     )
     app.state.service = service
     app.state.metrics = metrics
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(ServiceError, _service_error)  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _internal_error)
     app.include_router(_router(service, metrics))
     return app
@@ -143,7 +146,11 @@ def _router(service: RouterService, metrics: ServiceMetrics) -> APIRouter:
     def get_model(name: ModelNamePath) -> ModelOut:
         return model_out(service.get_model(name))
 
-    @router.put("/v1/models/{name:path}", tags=["catalog"], responses=_errors(422))
+    @router.put(
+        "/v1/models/{name:path}",
+        tags=["catalog"],
+        responses={201: {"model": ModelPut, "description": "Created"}} | _errors(422),
+    )
     def put_model(name: ModelNamePath, body: ModelIn, response: Response) -> ModelPut:
         """Create (201) or replace (200) a model; a new one is routable at once, with a prior."""
         model = catalog_model(name, **body.model_dump())
@@ -203,6 +210,23 @@ async def _validation_error(request: Request, error: RequestValidationError) -> 
 
 async def _service_error(request: Request, error: ServiceError) -> JSONResponse:
     return JSONResponse({"detail": str(error)}, status_code=error.status)
+
+
+async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
+    headers = dict(error.headers or {})
+    detail = str(error.detail)
+    if error.status_code == 400 and "parsing the body" in detail:
+        detail = "body: cannot be read as JSON (it must be UTF-8 JSON text)"
+    elif error.status_code == 405:
+        # Each method of a path is its own route, so list what the other routes allow too.
+        allowed = {
+            method
+            for route in request.app.router.routes
+            if route.matches(request.scope)[0] == Match.PARTIAL
+            for method in getattr(route, "methods", None) or ()
+        }
+        headers["Allow"] = ", ".join(sorted(allowed))
+    return JSONResponse({"detail": detail}, status_code=error.status_code, headers=headers)
 
 
 async def _internal_error(request: Request, error: Exception) -> JSONResponse:
