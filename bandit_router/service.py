@@ -154,6 +154,10 @@ class RouterService:
         here, any other database must already be current), the catalog seeded with
         ``seed_models`` if it never held a model, the learner resumed from its last checkpoint
         (started by `start`)."""
+        if bus is None and settings.bus != "embedded":
+            raise ConfigError(
+                f"bus {settings.bus!r} is not available in this version; use bus = 'embedded'"
+            )
         owns_engine = engine is None
         engine = engine or make_engine(settings.database_url)
         if engine.dialect.name == "sqlite":
@@ -163,10 +167,6 @@ class RouterService:
         storage = Storage(engine, clock)
         storage.seed_catalog(seed_models)
         if bus is None:
-            if settings.bus != "embedded":
-                raise ConfigError(
-                    f"bus {settings.bus!r} is not available in this version; use bus = 'embedded'"
-                )
             bus = EmbeddedBus(engine, clock)
         featurizer = Featurizer(settings.feature_dim)
         learner = Learner.open(settings, storage, bus, featurizer, clock=clock)
