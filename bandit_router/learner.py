@@ -119,6 +119,9 @@ class Learner:
         records = self._consumer.poll(max_records=POLL_RECORDS, timeout_s=timeout_s)
         for record in records:
             self._handle(record)
+            # Hand the GIL to waiting request threads between records: otherwise a request that
+            # released it (for SQLite, say) waits out a whole switch interval (5 ms) to continue.
+            time.sleep(0)
         now = max(record.ts for record in records) if records else self._clock()
         for rejected in self._joiner.expire(now):
             self._dead_letter_feedback(rejected)
@@ -142,12 +145,13 @@ class Learner:
         if not self._dirty:
             return
         changes = self._joiner.take_changes()
-        with self.policies.lock:
-            snapshots = [
-                (name, policy.updates, policy.updates, policy.state())
-                for name, policy in self.policies.items()
-                if policy.updates != self._committed_versions.get(name)
-            ]
+        snapshots = []
+        for name, policy in self.policies.items():
+            # Only this thread updates policies, so taking the lock per policy (not around all of
+            # them) still snapshots one consistent point, and routes wait for one copy at most.
+            with self.policies.lock:
+                if policy.updates != self._committed_versions.get(name):
+                    snapshots.append((name, policy.updates, policy.updates, policy.state()))
         checkpoint = Checkpoint(
             group=self.group,
             snapshots=snapshots,
