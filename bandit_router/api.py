@@ -149,7 +149,7 @@ def _router(service: RouterService, metrics: ServiceMetrics) -> APIRouter:
     @router.put(
         "/v1/models/{name:path}",
         tags=["catalog"],
-        responses={201: {"model": ModelPut, "description": "Created"}} | _errors(422),
+        responses=_errors(422) | {201: {"model": ModelPut, "description": "Created"}},
     )
     def put_model(name: ModelNamePath, body: ModelIn, response: Response) -> ModelPut:
         """Create (201) or replace (200) a model; a new one is routable at once, with a prior."""

@@ -45,6 +45,9 @@ GROUP = "learner"
 TOPICS = (TOPIC_DECISIONS, TOPIC_FEEDBACK)
 POLL_RECORDS = 500
 POLL_TIMEOUT_S = 0.1
+# After a short batch, wait this long before reading again: records then arrive in batches, so the
+# learner does not wake (and contend for the GIL) on every single routed request.
+LINGER_S = 0.02
 UNKNOWN_OFFSET = -1  # a dead letter whose source offset was lost (it waited across a restart)
 
 
@@ -132,7 +135,8 @@ class Learner:
     def run_forever(self, stop: threading.Event) -> None:
         """`run_once` until ``stop`` is set, then commit what is left."""
         while not stop.is_set():
-            self.run_once()
+            if self.run_once() < POLL_RECORDS:
+                stop.wait(LINGER_S)
         self.close()
 
     def close(self) -> None:
