@@ -31,7 +31,7 @@ class PolicyParams:
     intercept_precision: float = 0.01
     dense_precision: float = 1.0
     hashed_precision: float = 10.0
-    alpha: float = 0.5
+    alpha: float = 0.25
     ts_scale: float = 0.1
     epsilon: float = 0.05
 

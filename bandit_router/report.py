@@ -63,14 +63,18 @@ def markdown(results: dict[str, Any], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_regret(results: dict[str, Any], path: Path) -> None:
-    """Cumulative regret against rows seen, one panel per cost weight, one line per policy."""
+def plot_regret(results: dict[str, Any], path: Path, note: str = "") -> None:
+    """Cumulative regret against rows seen, one panel per cost weight, one line per policy.
+
+    ``results["curves"]`` holds ``{"cost_weight", "policy", "rows", "regret"}`` entries; ``note``
+    is added to each panel's title.
+    """
     weights = sorted({c["cost_weight"] for c in results["curves"]})
     fig, axes = plt.subplots(1, len(weights), figsize=(5.5 * len(weights), 4.2), squeeze=False)
     for ax, weight in zip(axes[0], weights, strict=True):
         for curve in _by_weight(results["curves"], weight):
             ax.plot(curve["rows"], curve["regret"], label=curve["policy"])
-        ax.set_title(f"cost weight {weight:g}")
+        ax.set_title(f"cost weight {weight:g}{note}")
         ax.set_xlabel("rows seen")
         ax.set_ylabel("cumulative regret vs per-row oracle")
         ax.grid(alpha=0.3)

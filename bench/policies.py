@@ -23,6 +23,7 @@ from river.bandit import LinUCBDisjoint
 from threadpoolctl import threadpool_info, threadpool_limits
 from tqdm import tqdm
 
+from bandit_router.featurizer import N_DENSE
 from policies import LinTS, LinUCB, Outcome, Preference, Scales
 
 ARMS = 8
@@ -218,14 +219,14 @@ def run(decisions: int, updates: int, seed: int) -> dict[str, Any]:
     warm = WARMUP_PER_ARM * ARMS
     rows = warm + WARMUP_CALLS + max(decisions, updates)
     stream = make_stream(rows, np.random.default_rng(seed))
-    linucb = LinUCB([f"m{k}" for k in range(ARMS)], DIM, Scales(cost=1.0), alpha=ALPHA)
+    arms = [f"m{k}" for k in range(ARMS)]
+    # As in the service: the fallback model reads the last N_DENSE (dense-signal) slots.
+    fallback = np.arange(DIM - N_DENSE, DIM)
+    linucb = LinUCB(arms, DIM, Scales(cost=1.0), alpha=ALPHA, fallback_features=fallback)
+    lints = LinTS(arms, DIM, Scales(cost=1.0), scale=ALPHA, seed=seed, fallback_features=fallback)
     contenders = [
         ours(linucb, stream, warm),
-        ours(
-            LinTS([f"m{k}" for k in range(ARMS)], DIM, Scales(cost=1.0), scale=ALPHA, seed=seed),
-            stream,
-            warm,
-        ),
+        ours(lints, stream, warm),
         mabwiser(LearningPolicy.LinUCB(alpha=ALPHA, l2_lambda=L2_LAMBDA), stream, warm, seed),
         mabwiser(LearningPolicy.LinTS(alpha=ALPHA, l2_lambda=L2_LAMBDA), stream, warm, seed),
         river(stream, warm, seed),
@@ -303,7 +304,14 @@ def run(decisions: int, updates: int, seed: int) -> dict[str, Any]:
             )
             >= 10,
         },
-        "sanity": {"linucb_greedy_agreement": agreement, "contexts": SANITY_CONTEXTS},
+        "sanity": {
+            "linucb_greedy_agreement": agreement,
+            "contexts": SANITY_CONTEXTS,
+            # which of our two nested models the timed decisions used, per outcome: the full one
+            # (scores every arm's d x d inverse) is the expensive path, and the one timed here
+            "linucb_full_model_in_use": linucb.uses_full_model().tolist(),
+            "lints_full_model_in_use": lints.uses_full_model().tolist(),
+        },
     }
 
 

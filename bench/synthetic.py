@@ -13,16 +13,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+from threadpoolctl import threadpool_limits
+from tqdm import tqdm
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from threadpoolctl import threadpool_limits  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from bandit_router.replay import ReplayConfig, replay  # noqa: E402
-from bandit_router.synth import generate, to_dataset  # noqa: E402
+from bandit_router.replay import ReplayConfig, replay
+from bandit_router.report import plot_regret
+from bandit_router.synth import generate, to_dataset
 
 POLICIES = ("linucb", "lints", "egreedy", "random")
 COST_WEIGHTS = (0.1, 0.5, 0.9)
@@ -140,21 +137,6 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(results: dict[str, Any], path: Path) -> None:
-    fig, axes = plt.subplots(1, len(COST_WEIGHTS), figsize=(5.5 * len(COST_WEIGHTS), 4.2))
-    for ax, weight in zip(axes, COST_WEIGHTS, strict=True):
-        for curve in (c for c in results["curves"] if c["cost_weight"] == weight):
-            ax.plot(curve["rows"], curve["regret"], label=curve["policy"])
-        ax.set_title(f"cost weight {weight:g} (mean of {len(results['seeds'])} seeds)")
-        ax.set_xlabel("rows seen")
-        ax.set_ylabel("cumulative regret vs per-row oracle")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=20000)
@@ -168,7 +150,7 @@ def main() -> None:
         results = run(args.rows, args.models, [int(s) for s in args.seeds.split(",")])
     (out / "synthetic.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / "synthetic.md").write_text(markdown(results))
-    plot(results, out / "synthetic.png")
+    plot_regret(results, out / "synthetic.png", note=f" (mean of {len(results['seeds'])} seeds)")
     print(markdown(results))
 
 
