@@ -4,16 +4,16 @@ head`` run from code; the repo has no alembic.ini)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.engine import make_url
 
 from bandit_router.storage.errors import SchemaNotCurrentError, StorageError
+from streams.embedded import sqlite_engine
 
 # migrations/ sits beside the package directories at the repo root and is not itself a Python
 # package, so it is found relative to this file. That works because bandit-router is installed
@@ -39,19 +39,7 @@ def make_engine(url: str) -> Engine:
                 f"folder {folder} for the SQLite database does not exist; create it or change "
                 "database_url"
             )
-    engine = create_engine(parsed)
-    event.listen(engine, "connect", _tune_sqlite)
-    return engine
-
-
-def _tune_sqlite(dbapi_connection: Any, connection_record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-    finally:
-        cursor.close()
+    return sqlite_engine(url, busy_timeout_ms=SQLITE_BUSY_TIMEOUT_MS)
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
