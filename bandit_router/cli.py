@@ -1,4 +1,4 @@
-"""The `bandit-router` command line: serve the router, upgrade its database, replay and synth.
+"""The `bandit-router` command line: serve the router, upgrade its database, replay, train and synth.
 
 Usage errors print one line, ``bandit-router <command>: error: <what is wrong>``, and exit 2.
 """
@@ -116,7 +116,28 @@ def build_parser() -> argparse.ArgumentParser:
                         help="USD per call that counts as full cost (default: mean cost of the "
                              "dearest model in the file)")
     replay.add_argument("--dim", type=_positive_int, default=256, help="feature dimension")
+    replay.add_argument("--barp-snapshot", metavar="PATH",
+                        help="start BaRP from this snapshot (bandit-router train barp) and keep "
+                             "learning online")
     replay.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    train = commands.add_parser(
+        "train", help="warm-start a policy from a routing dataset under bandit feedback"
+    )
+    train.add_argument("policy", choices=["barp"], help="the policy to train")
+    train.add_argument("data", help="CSV in RouterBench wide layout")
+    train.add_argument("--out", required=True, help="snapshot file to write")
+    train.add_argument("--cost-weights", type=_cost_weights,
+                       help="comma-separated cost weights to sample from (default: preferences "
+                            "drawn uniformly from the simplex)")
+    train.add_argument("--rows", type=_positive_int, help="train on the first N rows only")
+    train.add_argument("--epochs", type=_positive_int, default=1, help="passes over the rows")
+    train.add_argument("--seed", type=int, default=0, help="initialisation and sampling seed")
+    train.add_argument("--cost-scale", type=_positive_float,
+                       help="USD per call that counts as full cost (default: mean cost of the "
+                            "dearest model in the file)")
+    train.add_argument("--dim", type=_positive_int, default=256, help="feature dimension")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
 
     synth = commands.add_parser("synth", help="write a synthetic routing dataset")
     synth.add_argument("--models", type=int, default=6, help="number of models, 2 to 8")
@@ -131,6 +152,11 @@ def _replay(args: argparse.Namespace) -> None:
     from bandit_router.report import write_report
 
     dataset = load_routing_csv(args.data)
+    barp_state = None
+    if args.barp_snapshot is not None:
+        from bandit_router.barp_training import load_snapshot
+
+        barp_state = load_snapshot(args.barp_snapshot).state()
     config = ReplayConfig(
         policies=args.policies,
         cost_weights=args.cost_weights,
@@ -138,11 +164,28 @@ def _replay(args: argparse.Namespace) -> None:
         limit=args.limit,
         cost_scale=args.cost_scale,
         dim=args.dim,
+        barp_state=barp_state,
     )
     results = replay(dataset, config, progress=not args.quiet)
     out = write_report(results, args.out, title=f"replay of {args.data}")
     print((out / "results.md").read_text())
     print(f"wrote {out}/results.json, results.md, regret.png, frontier.png")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from bandit_router.barp_training import TrainConfig, save_snapshot, train_barp
+
+    config = TrainConfig(
+        cost_weights=args.cost_weights,
+        rows=args.rows,
+        epochs=args.epochs,
+        seed=args.seed,
+        cost_scale=args.cost_scale,
+        dim=args.dim,
+    )
+    policy = train_barp(load_routing_csv(args.data), config, progress=not args.quiet)
+    save_snapshot(policy, args.out)
+    print(f"wrote {args.out}: BaRP over {', '.join(policy.arms)} after {policy.updates} updates")
 
 
 def _synth(args: argparse.Namespace) -> None:
@@ -203,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The policies' matrices are small (d ~ 257): a multi-threaded BLAS spends more on waking
         # threads than on the arithmetic, up to 10x slower on a busy machine. One thread each.
         with threadpool_limits(limits=1, user_api="blas"):
-            commands = {"replay": _replay, "synth": _synth, "serve": _serve, "db": _db}
+            commands = {"replay": _replay, "train": _train, "synth": _synth, "serve": _serve, "db": _db}
             commands[args.command](args)
     except (UsageError, DatasetError, ValueError, OSError, StorageError) as err:
         message = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())

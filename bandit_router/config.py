@@ -111,6 +111,11 @@ class Settings(BaseSettings):
     reload_every_s: float = Field(
         2.0, gt=0.0, description="How often API replicas look for a newer policy snapshot."
     )
+    barp_snapshot: Path | None = Field(
+        None,
+        description="BaRP snapshot file (bandit-router train barp) to start BaRP from when the "
+        "database holds no BaRP snapshot yet; None: BaRP starts from scratch.",
+    )
     mlflow_tracking_uri: str | None = Field(
         None, description="MLflow tracking URI; None: a local SQLite store."
     )

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from bandit_router.featurizer import Featurizer
-from policies import EpsilonGreedy, LinTS, LinUCB, Policy, Scales, UniformRandom
+from policies import BaRP, EpsilonGreedy, LinTS, LinUCB, Policy, Scales, UniformRandom
 
-POLICY_NAMES = ("linucb", "lints", "egreedy", "random")
+POLICY_NAMES = ("linucb", "lints", "barp", "egreedy", "random")
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,13 @@ class PolicyParams:
     alpha: float = 0.25
     ts_scale: float = 0.1
     epsilon: float = 0.05
+    barp_hidden: int = 64
+    barp_preference_hidden: int = 16
+    barp_learning_rate: float = 0.003
+    barp_entropy: float = 0.1
+    barp_value_weight: float = 1.0
+    barp_weight_clip: float = 10.0
+    barp_decay_steps: float = 500.0
 
     def feature_precision(self, featurizer: Featurizer) -> np.ndarray:
         """Prior precision per feature: hashed n-gram slots strong, dense signals weak."""
@@ -64,6 +71,21 @@ def make_policy(
         if name == "linucb":
             return LinUCB(**linear, alpha=params.alpha)
         return LinTS(**linear, scale=params.ts_scale, seed=seed)
+    if name == "barp":
+        return BaRP(
+            arms,
+            featurizer.dim,
+            scales,
+            floor=params.floor,
+            hidden=params.barp_hidden,
+            preference_hidden=params.barp_preference_hidden,
+            learning_rate=params.barp_learning_rate,
+            entropy=params.barp_entropy,
+            value_weight=params.barp_value_weight,
+            weight_clip=params.barp_weight_clip,
+            decay_steps=params.barp_decay_steps,
+            seed=seed,
+        )
     if name == "egreedy":
         return EpsilonGreedy(arms, scales, epsilon=params.epsilon)
     if name == "random":

@@ -8,12 +8,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 
+from bandit_router.barp_training import load_snapshot
 from bandit_router.catalog import CatalogModel, default_cost_scale, typical_cost
 from bandit_router.config import Settings
 from bandit_router.featurizer import Featurizer
 from bandit_router.policy_factory import PolicyParams, make_policy
 from bandit_router.storage import Snapshot, StorageError
-from policies import POLICY_TYPES, LinearPolicy, Outcome, Policy, Scales
+from policies import POLICY_TYPES, BaRP, LinearPolicy, Outcome, Policy, Scales
 
 UNKNOWN_QUALITY_PRIOR = 0.5
 
@@ -48,7 +49,8 @@ class PolicySet:
         catalog: Iterable[CatalogModel],
         snapshots: Mapping[str, Snapshot],
     ) -> PolicySet:
-        """Each policy of ``settings.policies`` from its snapshot if there is one, else fresh.
+        """Each policy of ``settings.policies`` from its snapshot if there is one, else fresh
+        (BaRP from ``settings.barp_snapshot`` if that is set).
 
         A fresh policy's cost scale is ``settings.cost_scale`` or, if unset, the catalog's
         `default_cost_scale` at this moment; from then on it lives in the policy's state. Catalog
@@ -63,16 +65,18 @@ class PolicySet:
         policies: dict[str, Policy] = {}
         for name in settings.policies:
             snapshot = snapshots.get(name)
-            if snapshot is None:
+            if snapshot is None and name == "barp" and settings.barp_snapshot is not None:
+                policy = load_snapshot(settings.barp_snapshot)
+            elif snapshot is None:
                 policy = make_policy(name, [], featurizer, scales, params, seed=settings.seed)
             else:
                 policy = POLICY_TYPES[name].from_state(snapshot.state)
-                if isinstance(policy, LinearPolicy) and policy.dim != featurizer.dim:
-                    raise StorageError(
-                        f"the stored {name} policy reads {policy.dim} features but feature_dim "
-                        f"is {featurizer.dim}; set feature_dim back to {policy.dim} or use a new "
-                        "database"
-                    )
+            if isinstance(policy, LinearPolicy | BaRP) and policy.dim != featurizer.dim:
+                raise StorageError(
+                    f"the stored {name} policy reads {policy.dim} features but feature_dim "
+                    f"is {featurizer.dim}; set feature_dim back to {policy.dim} or use a new "
+                    "database"
+                )
             policies[name] = policy
         policy_set = cls(policies, settings.serving_policy)
         for model in catalog:

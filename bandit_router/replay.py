@@ -19,6 +19,7 @@ from bandit_router.dataset import RoutingDataset
 from bandit_router.featurizer import Featurizer
 from bandit_router.policy_factory import POLICY_NAMES, PolicyParams, make_policy
 from policies import (
+    BaRP,
     Outcome,
     Policy,
     Preference,
@@ -44,6 +45,8 @@ class ReplayConfig:
     latency_scale_ms: float = DEFAULT_LATENCY_SCALE_MS
     dim: int = 256
     params: PolicyParams = field(default_factory=PolicyParams)
+    # A BaRP state (`bandit-router train barp`) that every BaRP run starts from instead of scratch.
+    barp_state: dict[str, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.policies if p not in POLICY_NAMES]
@@ -125,6 +128,21 @@ def run_policy(
     return choices
 
 
+def _start_policy(
+    name: str, models: Sequence[str], featurizer: Featurizer, scales: Scales, config: ReplayConfig
+) -> Policy:
+    """A fresh policy, or BaRP from ``config.barp_state`` (models it lacks are added)."""
+    if name != "barp" or config.barp_state is None:
+        return make_policy(name, models, featurizer, scales, config.params, config.seed)
+    policy = BaRP.from_state(config.barp_state)
+    if policy.dim != featurizer.dim:
+        raise ValueError(f"the BaRP snapshot reads {policy.dim} features, but dim is {featurizer.dim}")
+    for model in models:
+        if model not in policy.arm_index:
+            policy.add_arm(model)
+    return policy
+
+
 def replay(dataset: RoutingDataset, config: ReplayConfig, progress: bool = True) -> dict[str, Any]:
     """Run every (cost weight, policy) pair and return the results document (see the README)."""
     order = np.random.default_rng(config.seed).permutation(dataset.rows)[: config.limit]
@@ -170,7 +188,7 @@ def replay(dataset: RoutingDataset, config: ReplayConfig, progress: bool = True)
                 | {"regret": float((best - utility[:, m]).sum())}
             )
         for name in config.policies:
-            policy = make_policy(name, data.models, featurizer, scales, config.params, config.seed)
+            policy = _start_policy(name, data.models, featurizer, scales, config)
             uniforms = np.random.default_rng([config.seed, POLICY_NAMES.index(name)]).random(data.rows)
             choices = run_policy(policy, data, features, preference, uniforms, bar)
             regret = np.cumsum(best - _pick(utility, choices))

@@ -1,6 +1,6 @@
 """Regret study on synthetic data: 6 models, 20,000 rows, 5 seeds, several cost weights.
 
-Run: ``python -m bench.synthetic [--rows 20000 --seeds 0,1,2,3,4 --out bench/results]``. Writes
+Run: ``python -m bench.synthetic [--rows 20000 --seeds 0,1,2,3,4 --jobs 2 --out bench/results]``. Writes
 ``synthetic.json``, ``synthetic.md`` and ``synthetic.png`` (mean cumulative regret per policy). Each
 seed draws a new dataset (``bandit_router.synth.generate``) and a new row order, then replays it with
 ``bandit_router.replay`` exactly as ``bandit-router replay`` would.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +22,34 @@ from bandit_router.replay import ReplayConfig, replay
 from bandit_router.report import plot_regret
 from bandit_router.synth import generate, to_dataset
 
-POLICIES = ("linucb", "lints", "egreedy", "random")
-COST_WEIGHTS = (0.1, 0.5, 0.9)
+POLICIES = ("linucb", "lints", "barp", "egreedy", "random")
+COST_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 REGRET_RATIO_TARGET = 0.25  # of uniform random's regret
 SLOPE_TARGET = 0.8  # log-log slope of cumulative regret over the last decade of rows
+# BaRP must beat every single model at cost weights up to this one, and come within the tolerance
+# of the best single model (or beat it) above it.
+BARP_BEAT_UP_TO = 0.5
+BARP_TOLERANCE = 0.01
 
 
-def run(rows: int, models: int, seeds: list[int]) -> dict[str, Any]:
-    """Replay every seed and aggregate regret per (cost weight, policy)."""
-    per_seed = []
-    for seed in tqdm(seeds, desc="seeds", unit="seed"):
-        dataset = to_dataset(generate(models=models, rows=rows, seed=seed))
-        config = ReplayConfig(policies=POLICIES, cost_weights=COST_WEIGHTS, seed=seed)
-        per_seed.append(replay(dataset, config, progress=False))
+def barp_meets_target(weight: float, margins: list[float]) -> bool:
+    """Whether BaRP's utility minus the best single model's meets its target on every seed."""
+    return min(margins) > 0 if weight <= BARP_BEAT_UP_TO else min(margins) >= -BARP_TOLERANCE
+
+
+def replay_seed(rows: int, models: int, seed: int) -> dict[str, Any]:
+    """One seed's dataset and row order, replayed on one BLAS thread."""
+    dataset = to_dataset(generate(models=models, rows=rows, seed=seed))
+    config = ReplayConfig(policies=POLICIES, cost_weights=COST_WEIGHTS, seed=seed)
+    with threadpool_limits(limits=1, user_api="blas"):
+        return replay(dataset, config, progress=False)
+
+
+def run(rows: int, models: int, seeds: list[int], jobs: int = 1) -> dict[str, Any]:
+    """Replay every seed (``jobs`` at a time) and aggregate regret per (cost weight, policy)."""
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(replay_seed, rows, models, seed) for seed in seeds]
+        per_seed = [f.result() for f in tqdm(futures, desc="seeds", unit="seed")]
     summary = []
     for weight in COST_WEIGHTS:
         random_regret = np.array(
@@ -57,6 +73,9 @@ def run(rows: int, models: int, seeds: list[int]) -> dict[str, Any]:
                 entry["meets_targets"] = bool(
                     ratios.max() < REGRET_RATIO_TARGET and slopes.max() < SLOPE_TARGET
                 )
+            entry["utility_minus_best_model"] = [
+                x["utility"] - _best_model(r, weight) for x, r in zip(runs, per_seed, strict=True)
+            ]
             summary.append(entry)
     curves = _mean_curves(per_seed)
     return {
@@ -70,10 +89,7 @@ def run(rows: int, models: int, seeds: list[int]) -> dict[str, Any]:
                 "cost_weight": weight,
                 "oracle_utility": float(np.mean([_ref(r, "oracle", weight) for r in per_seed])),
                 "task_best_utility": float(np.mean([_ref(r, "task_best", weight) for r in per_seed])),
-                "best_model_utility": float(
-                    np.mean([max(m["utility"] for m in r["models"] if m["cost_weight"] == weight)
-                             for r in per_seed])
-                ),
+                "best_model_utility": float(np.mean([_best_model(r, weight) for r in per_seed])),
             }
             for weight in COST_WEIGHTS
         ],
@@ -83,6 +99,10 @@ def run(rows: int, models: int, seeds: list[int]) -> dict[str, Any]:
 
 def _run(results: dict[str, Any], weight: float, policy: str) -> dict[str, Any]:
     return next(r for r in results["runs"] if r["cost_weight"] == weight and r["policy"] == policy)
+
+
+def _best_model(results: dict[str, Any], weight: float) -> float:
+    return max(m["utility"] for m in results["models"] if m["cost_weight"] == weight)
 
 
 def _ref(results: dict[str, Any], key: str, weight: float) -> float:
@@ -115,7 +135,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"LinUCB and LinTS: regret below {REGRET_RATIO_TARGET:.0%} of uniform random's on every seed, "
         f"and a log-log slope over the last decade of rows below {SLOPE_TARGET} (sublinear growth).",
         "",
-        "Reproduce: `python -m bench.synthetic`",
+        "Reproduce: `python -m bench.synthetic --jobs 2`",
         "",
         "| cost weight | policy | mean utility | regret (mean ± sd) | regret / random (per seed) | "
         "slope, last decade (per seed) | targets |",
@@ -128,6 +148,28 @@ def markdown(results: dict[str, Any]) -> str:
             f"{s['regret_mean']:.0f} ± {s['regret_sd']:.0f} | "
             f"{', '.join(f'{v:.3f}' for v in s['regret_ratio_to_random'])} | "
             f"{', '.join(f'{v:.2f}' for v in s['slope_last_decade'])} | {verdict} |"
+        )
+    lines += [
+        "",
+        "## BaRP against the best single model",
+        "",
+        "Mean utility minus the best single model's (chosen in hindsight, per seed). BaRP's targets: "
+        f"above it at cost weights <= {BARP_BEAT_UP_TO:g}, within {BARP_TOLERANCE:g} of it (or above) "
+        "from there on.",
+        "",
+        "| cost weight | policy | utility - best model (per seed) | mean | BaRP target |",
+        "|---:|---|---|---:|---|",
+    ]
+    for s in results["summary"]:
+        if s["policy"] not in ("barp", "linucb"):
+            continue
+        margins = s["utility_minus_best_model"]
+        verdict = ""
+        if s["policy"] == "barp":
+            verdict = "met" if barp_meets_target(s["cost_weight"], margins) else "**missed**"
+        lines.append(
+            f"| {s['cost_weight']:g} | {s['policy']} | {', '.join(f'{v:+.4f}' for v in margins)} | "
+            f"{np.mean(margins):+.4f} | {verdict} |"
         )
     lines += ["", "| cost weight | best single model | per-task best (hindsight) | oracle |",
               "|---:|---:|---:|---:|"]
@@ -143,11 +185,11 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=6)
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--out", default="bench/results")
+    parser.add_argument("--jobs", type=int, default=1, help="seeds replayed in parallel")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with threadpool_limits(limits=1, user_api="blas"):
-        results = run(args.rows, args.models, [int(s) for s in args.seeds.split(",")])
+    results = run(args.rows, args.models, [int(s) for s in args.seeds.split(",")], args.jobs)
     (out / "synthetic.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / "synthetic.md").write_text(markdown(results))
     plot_regret(results, out / "synthetic.png", note=f" (mean of {len(results['seeds'])} seeds)")

@@ -4,6 +4,7 @@ estimators.
 Pure numpy/scipy: no I/O, no imports from `streams` or `bandit_router`.
 """
 
+from policies.barp import BaRP
 from policies.base import DEFAULT_FLOOR, Policy, argmax_distribution, with_floor
 from policies.baselines import EpsilonGreedy, FixedArm, UniformRandom
 from policies.linear import LinearPolicy
@@ -22,12 +23,13 @@ from policies.preference import (
 )
 
 POLICY_TYPES: dict[str, type[Policy]] = {
-    cls.name: cls for cls in (LinUCB, LinTS, UniformRandom, FixedArm, EpsilonGreedy)
+    cls.name: cls for cls in (LinUCB, LinTS, BaRP, UniformRandom, FixedArm, EpsilonGreedy)
 }
 
 __all__ = [
     "DEFAULT_FLOOR",
     "POLICY_TYPES",
+    "BaRP",
     "EpsilonGreedy",
     "Estimate",
     "FixedArm",
