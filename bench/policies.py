@@ -1,4 +1,4 @@
-"""Throughput of our LinUCB/LinTS vs MABWiser and river on one seeded stream and one BLAS thread.
+"""Throughput of our LinUCB/LinTS/BaRP vs MABWiser and river on one seeded stream and one BLAS thread.
 
 Run ``python -m bench.policies``; writes ``policies.json`` and ``policies.md`` under ``--out``.
 """
@@ -24,7 +24,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 from tqdm import tqdm
 
 from bandit_router.featurizer import N_DENSE
-from policies import LinTS, LinUCB, Outcome, Preference, Scales
+from policies import BaRP, LinTS, LinUCB, Outcome, Policy, Preference, Scales
 
 ARMS = 8
 DIM = 256
@@ -94,7 +94,7 @@ class Contender:
     learn: Callable[[int], None]
 
 
-def ours(policy: LinUCB | LinTS, stream: Stream, warm: int) -> Contender:
+def ours(policy: Policy, stream: Stream, warm: int) -> Contender:
     names = list(policy.arms)
     preference = Preference.from_cost_weight(COST_WEIGHT)
     contexts = stream.contexts
@@ -224,9 +224,11 @@ def run(decisions: int, updates: int, seed: int) -> dict[str, Any]:
     fallback = np.arange(DIM - N_DENSE, DIM)
     linucb = LinUCB(arms, DIM, Scales(cost=1.0), alpha=ALPHA, fallback_features=fallback)
     lints = LinTS(arms, DIM, Scales(cost=1.0), scale=ALPHA, seed=seed, fallback_features=fallback)
+    barp = BaRP(arms, DIM, Scales(cost=1.0), seed=seed)
     contenders = [
         ours(linucb, stream, warm),
         ours(lints, stream, warm),
+        ours(barp, stream, warm),
         mabwiser(LearningPolicy.LinUCB(alpha=ALPHA, l2_lambda=L2_LAMBDA), stream, warm, seed),
         mabwiser(LearningPolicy.LinTS(alpha=ALPHA, l2_lambda=L2_LAMBDA), stream, warm, seed),
         river(stream, warm, seed),
@@ -319,6 +321,10 @@ def markdown(report: dict[str, Any]) -> str:
     config, machine_info, ratios = report["config"], report["machine"], report["ratios"]
     lines = [
         "# Policy throughput: ours vs MABWiser vs river",
+        "",
+        "BaRP has no counterpart in those libraries; its row is for comparison with our linear "
+        "policies (a forward pass per decision; a forward pass, backward pass and Adam step per "
+        "update).",
         "",
         f"K={config['K']} arms, d={config['d']} dense float64 contexts, seed {config['seed']}, "
         f"{config['warmup_rows']} warm-up rows for every library; one BLAS thread "
