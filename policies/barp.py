@@ -2,12 +2,12 @@
 
 ``pi(a | x, w) = softmax(g([x; phi(w)]))`` over the candidate arms, with ``phi`` a one-layer MLP
 lifting the preference and ``g`` a one-hidden-layer MLP head; numpy forward and backward passes,
-Adam, one event per step.
+Adam, one event per step, REINFORCE with an action-value baseline (the doubly robust gradient).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,19 +21,37 @@ PER_ARM = ("out_w", "out_b", "q_w", "q_b")
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 N_PREFERENCE = 3
+# What each hyper-parameter must satisfy, with the rule as the error message states it.
+_RULES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "dim": (lambda v: v >= 1, ">= 1"),
+    "hidden": (lambda v: v >= 1, ">= 1"),
+    "preference_hidden": (lambda v: v >= 1, ">= 1"),
+    "learning_rate": (lambda v: v > 0, "> 0"),
+    "entropy": (lambda v: v >= 0, ">= 0"),
+    "value_weight": (lambda v: v >= 0, ">= 0"),
+    "weight_clip": (lambda v: v >= 1, ">= 1"),
+    "decay_steps": (lambda v: v > 0, "> 0"),
+}
 
 
 class BaRP(Policy):
     """One routing policy for every quality/cost/latency trade-off, learned from bandit feedback.
 
     The preference ``w`` is an input of the network, so a request can dial its own trade-off and
-    the policy needs no retraining for it. Each update is one REINFORCE step on the logged arm's
-    utility under the request's preference, with a learned value ``v(x, w)`` (a linear head on the
-    shared hidden layer) as the baseline and an entropy bonus. Decisions logged by another policy
-    are corrected with the importance weight ``pi(a | x, w) / propensity``, clipped at
-    ``weight_clip``. The softmax runs over the candidate arms only; `update` does not know which
-    arms were offered and normalises over every known arm. A new arm's output unit starts as the
-    mean of the existing ones, so it enters with an average arm's probability.
+    the policy needs no retraining for it. Each update is one policy-gradient step on the logged
+    arm's utility ``r`` under the request's preference. The baseline is a per-arm utility head
+    ``q(x, w, a)`` on the shared hidden layer, trained by squared error on the logged arm; with it
+    the step is the doubly robust form of REINFORCE,
+    ``sum_a pi(a) (q_a - pi . q) grad log pi(a) + rho (r - q_k) grad log pi(k)`` for logged arm
+    ``k``, whose expectation is REINFORCE's but which moves every arm, not only the logged one.
+    ``rho = pi(k | x, w) / propensity``, clipped at ``weight_clip``, corrects decisions another
+    policy logged (it is 1 on the policy's own decisions). An entropy bonus decaying like
+    ``1 / (1 + t / decay_steps)`` keeps every arm in play while the utility head is still
+    guessing; the learning rate decays like its square root.
+
+    The softmax runs over the candidate arms only; `update` does not know which arms were offered
+    and normalises over every known arm. A new arm's output and utility units start as the mean of
+    the existing ones, so it enters as an average arm.
 
     Parameters
     ----------
@@ -50,13 +68,15 @@ class BaRP(Policy):
     preference_hidden
         Width of the preference embedding ``phi(w)``.
     learning_rate
-        Adam step size.
+        Adam step size at the first step.
     entropy
-        Weight of the entropy bonus.
+        Weight of the entropy bonus at the first step.
     value_weight
-        Weight of the value head's squared error in the loss.
+        Weight of the utility head's squared error in the loss.
     weight_clip
         Largest importance weight applied to one event.
+    decay_steps
+        Steps after which the entropy weight has halved (and the learning rate shrunk by sqrt 2).
     seed
         Seed of the weight initialisation.
 
@@ -64,7 +84,8 @@ class BaRP(Policy):
     ----------
     Wang et al. "Learning to Route LLMs from Bandit Feedback: One Policy, Many Trade-offs", 2025.
     Williams. "Simple statistical gradient-following algorithms for connectionist reinforcement
-    learning", Machine Learning 1992. Kingma, Ba. "Adam: A Method for Stochastic Optimization",
+    learning", Machine Learning 1992. Dudik, Langford, Li. "Doubly Robust Policy Evaluation and
+    Learning", ICML 2011. Kingma, Ba. "Adam: A Method for Stochastic Optimization",
     ICLR 2015.
 
     Examples
@@ -101,28 +122,15 @@ class BaRP(Policy):
         decay_steps: float = 500.0,
         seed: int = 0,
     ) -> None:
-        checks = {
-            "dim": dim >= 1,
-            "hidden": hidden >= 1,
-            "preference_hidden": preference_hidden >= 1,
-            "learning_rate": learning_rate > 0,
-            "entropy": entropy >= 0,
-            "value_weight": value_weight >= 0,
-            "weight_clip": weight_clip >= 1,
-            "decay_steps": decay_steps > 0,
+        given = {
+            "dim": dim, "hidden": hidden, "preference_hidden": preference_hidden,
+            "learning_rate": learning_rate, "entropy": entropy, "value_weight": value_weight,
+            "weight_clip": weight_clip, "decay_steps": decay_steps,
         }
-        bad = [name for name, ok in checks.items() if not ok]
+        bad = [f"{name}={given[name]!r} (must be {rule})" for name, (ok, rule) in _RULES.items()
+               if not ok(given[name])]
         if bad:
-            values = {"dim": dim, "hidden": hidden, "preference_hidden": preference_hidden,
-                      "learning_rate": learning_rate, "entropy": entropy,
-                      "value_weight": value_weight, "weight_clip": weight_clip,
-                      "decay_steps": decay_steps}
-            raise ValueError(
-                "invalid BaRP hyper-parameters: "
-                + ", ".join(f"{name}={values[name]!r}" for name in bad)
-                + " (dim, hidden, preference_hidden >= 1; learning_rate > 0; entropy, "
-                "value_weight >= 0; weight_clip >= 1; decay_steps > 0)"
-            )
+            raise ValueError(f"invalid BaRP hyper-parameters: {'; '.join(bad)}")
         self.dim = int(dim)
         self.learning_rate = float(learning_rate)
         self.entropy = float(entropy)
@@ -132,8 +140,8 @@ class BaRP(Policy):
         self.steps = 0
         rng = np.random.default_rng(seed)
         inputs = self.dim + preference_hidden
-        # He initialisation for the ReLU layers; the output and value heads start at zero, so the
-        # first policy is uniform and the first baseline is zero.
+        # He initialisation for the ReLU layers; the policy and utility heads start at zero, so the
+        # first policy is uniform and the first utility estimates are zero.
         self._pack(
             {
                 "pref_w": rng.normal(0.0, np.sqrt(2.0 / N_PREFERENCE), (preference_hidden, N_PREFERENCE)),
@@ -149,6 +157,8 @@ class BaRP(Policy):
         super().__init__(arms, scales, floor)
 
     def _grow(self, prior: Outcome | None) -> None:
+        # A prior outcome has no preference-free place in the network: the new arm starts as the
+        # average arm instead, and the entropy-driven exploration finds out the rest.
         grown = {n: self.params[n] for n in PARAMETERS}
         for name in PER_ARM:
             rows = grown[name]
