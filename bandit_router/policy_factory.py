@@ -10,7 +10,7 @@ import numpy as np
 from bandit_router.featurizer import Featurizer
 from policies import BaRP, EpsilonGreedy, LinTS, LinUCB, Policy, Scales, UniformRandom
 
-POLICY_NAMES = ("linucb", "lints", "barp", "egreedy", "random")
+POLICY_NAMES = ("linucb", "lints", "egreedy", "random", "barp")
 
 
 @dataclass(frozen=True)
