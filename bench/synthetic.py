@@ -23,7 +23,7 @@ from bandit_router.report import plot_regret
 from bandit_router.synth import generate, to_dataset
 
 POLICIES = ("linucb", "lints", "barp", "egreedy", "random")
-COST_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+COST_WEIGHTS = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 REGRET_RATIO_TARGET = 0.25  # of uniform random's regret
 SLOPE_TARGET = 0.8  # log-log slope of cumulative regret over the last decade of rows
 # BaRP must beat every single model at cost weights up to this one, and come within the tolerance
