@@ -246,8 +246,12 @@ class Health(BaseModel):
 
 class Readiness(BaseModel):
     ready: bool
-    database: str
-    learner: str
+    database: str = Field(examples=["ok"])
+    learner: str = Field(description="ok, standby, external (another process), or why not")
+    bus: str = Field(
+        examples=["ok"],
+        description="ok, or degraded while events wait in the outbox for the broker",
+    )
 
 
 class ErrorOut(BaseModel):

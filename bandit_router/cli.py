@@ -1,4 +1,5 @@
-"""The `bandit-router` command line: serve the router, upgrade its database, replay and synth.
+"""The `bandit-router` command line: serve the router, run a learner, upgrade the database,
+replay and synth.
 
 Usage errors print one line, ``bandit-router <command>: error: <what is wrong>``, and exit 2.
 """
@@ -12,6 +13,7 @@ from typing import NoReturn
 
 from threadpoolctl import threadpool_limits
 
+from bandit_router.config import Settings
 from bandit_router.dataset import DatasetError, load_routing_csv
 from bandit_router.policy_factory import POLICY_NAMES
 from bandit_router.storage import StorageError
@@ -79,6 +81,29 @@ def _port(text: str) -> int:
     return port
 
 
+def _bus(text: str) -> tuple[str, str | None]:
+    """``embedded`` or ``kafka://HOST:PORT[,HOST:PORT...]`` -> (bus, bootstrap servers)."""
+    if text == "embedded":
+        return "embedded", None
+    scheme, _, servers = text.partition("://")
+    if scheme != "kafka" or not servers:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a bus; use 'embedded' or kafka://HOST:PORT[,HOST:PORT...]"
+        )
+    return "kafka", servers
+
+
+def _add_service_flags(parser: argparse.ArgumentParser) -> None:
+    """Where the service's state and events live: flags shared by serve and learn."""
+    parser.add_argument("--database", metavar="URL",
+                        help="SQLAlchemy URL (default sqlite:///bandit-router.db in this folder; "
+                             "e.g. postgresql+psycopg://user@host:5432/db)")
+    parser.add_argument("--bus", type=_bus, metavar="BUS",
+                        help="'embedded' (default: a log table in the SQLite database) or "
+                             "kafka://HOST:PORT[,HOST:PORT...]")
+    parser.add_argument("--config", metavar="FILE", help="TOML settings file")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bandit-router", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -91,10 +116,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=_port, help="TCP port (default 8000)")
-    serve.add_argument("--database", metavar="URL",
-                       help="SQLAlchemy URL (default sqlite:///bandit-router.db in this folder)")
     serve.add_argument("--policy", choices=POLICY_NAMES, help="the serving policy")
-    serve.add_argument("--config", metavar="FILE", help="TOML settings file")
+    serve.add_argument("--no-learner", action="store_true",
+                       help="an API replica: no learner in this process; it reloads the newest "
+                            "policy snapshots every reload_every_s (needs the Kafka bus)")
+    _add_service_flags(serve)
+
+    learn = commands.add_parser(
+        "learn",
+        help="run the learner alone (distributed mode: Kafka bus, shared database)",
+        description="Consume decisions and feedback, update every policy and checkpoint to the "
+        "database. Several may run: one is active, the others stand by and take over from the "
+        "stored offsets when it stops. Stop with Ctrl-C or SIGTERM (it commits first).",
+    )
+    _add_service_flags(learn)
 
     database = commands.add_parser("db", help="database maintenance")
     db_commands = database.add_subparsers(dest="db_command", required=True, parser_class=_Parser)
@@ -160,19 +195,28 @@ def _settings(args: argparse.Namespace, **flags: object) -> object:
     return load_settings(args.config, **overrides)
 
 
+def _service_settings(args: argparse.Namespace, **flags: object) -> Settings:
+    bus, bootstrap = args.bus or (None, None)
+    settings = _settings(
+        args, database_url=args.database, bus=bus, kafka_bootstrap=bootstrap, **flags
+    )
+    return settings  # type: ignore[return-value]
+
+
 def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from bandit_router.api import create_app
+    from bandit_router.service import RouterService
 
-    settings = _settings(
-        args,
-        host=args.host,
-        port=args.port,
-        database_url=args.database,
-        serving_policy=args.policy,
-    )
-    app = create_app(settings)  # type: ignore[arg-type]
+    settings = _service_settings(args, host=args.host, port=args.port, serving_policy=args.policy)
+    if args.no_learner and settings.bus == "embedded":
+        raise UsageError(
+            "--no-learner needs the Kafka bus (--bus kafka://HOST:PORT): with the embedded bus "
+            "the learner runs in the one process that owns the SQLite database"
+        )
+    service = RouterService.open(settings, run_learner=not args.no_learner)
+    app = create_app(settings, service=service)
     # One worker: the embedded learner and its policies live in this process.
     uvicorn.run(
         app,
@@ -182,6 +226,37 @@ def _serve(args: argparse.Namespace) -> None:
         access_log=False,
         log_level="info",
     )
+
+
+def _learn(args: argparse.Namespace) -> None:
+    import logging
+    import signal
+    import threading
+
+    from bandit_router.featurizer import Featurizer
+    from bandit_router.learner_runner import ActiveLearner
+    from bandit_router.service import open_bus
+    from bandit_router.storage import Storage, check_schema, make_engine, migrate
+    from streams.outbox import OutboxBus
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    settings = _service_settings(args)
+    engine = make_engine(settings.database_url)
+    if engine.dialect.name == "sqlite":
+        migrate(engine)
+    else:
+        check_schema(engine)
+    bus = OutboxBus(open_bus(settings, engine), engine)
+    learner = ActiveLearner(settings, Storage(engine), bus, Featurizer(settings.feature_dim))
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    print(f"learner {learner.holder}: {settings.bus} bus, database {engine.url!r}", flush=True)
+    try:
+        learner.run(stop)
+    finally:
+        bus.close()
+        engine.dispose()
 
 
 def _db(args: argparse.Namespace) -> None:
@@ -203,7 +278,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The policies' matrices are small (d ~ 257): a multi-threaded BLAS spends more on waking
         # threads than on the arithmetic, up to 10x slower on a busy machine. One thread each.
         with threadpool_limits(limits=1, user_api="blas"):
-            commands = {"replay": _replay, "synth": _synth, "serve": _serve, "db": _db}
+            commands = {
+                "replay": _replay,
+                "synth": _synth,
+                "serve": _serve,
+                "learn": _learn,
+                "db": _db,
+            }
             commands[args.command](args)
     except (UsageError, DatasetError, ValueError, OSError, StorageError) as err:
         message = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())

@@ -64,6 +64,17 @@ class Settings(BaseSettings):
         "127.0.0.1:9092",
         description="Comma-separated host:port list of Kafka brokers (used when bus = 'kafka').",
     )
+    kafka_partitions: int = Field(
+        8,
+        ge=1,
+        description="Partitions of each topic the service creates (topics that exist are kept).",
+    )
+    kafka_timeout_s: float = Field(
+        5.0,
+        gt=0.0,
+        description="How long a publish may wait for the broker before the event goes to the "
+        "outbox (and /readyz reports the bus degraded).",
+    )
     serving_policy: str = Field(
         "linucb", description="The policy whose choices are served; must be one of `policies`."
     )
@@ -107,6 +118,12 @@ class Settings(BaseSettings):
     )
     snapshot_every_s: float = Field(
         2.0, gt=0.0, description="...or after this many seconds, whichever comes first."
+    )
+    learner_lease_s: float = Field(
+        10.0,
+        gt=0.0,
+        description="A standby learner takes over this long after the active one stopped "
+        "renewing its lease (checkpoints renew it, and an idle learner every third of this).",
     )
     reload_every_s: float = Field(
         2.0, gt=0.0, description="How often API replicas look for a newer policy snapshot."

@@ -18,15 +18,19 @@ from bandit_router.storage import (
     DECISIONS,
     FEEDBACK_RECEIVED,
     Checkpoint,
+    Lease,
+    LeaseLostError,
     LoadedCheckpoint,
     Storage,
     StorageError,
 )
 from policies import Outcome, Preference
 from streams import (
+    TOPIC_DEADLETTER,
     TOPIC_DECISIONS,
     TOPIC_FEEDBACK,
     Bus,
+    DeadLetter,
     DecisionEvent,
     EventError,
     FeedbackEvent,
@@ -38,17 +42,19 @@ from streams import (
     encode,
 )
 from streams.joiner import DEFAULT_DECISION_TTL_S
+from streams.outbox import OutboxBus
 
 log = logging.getLogger(__name__)
 
 GROUP = "learner"
-TOPICS = (TOPIC_DECISIONS, TOPIC_FEEDBACK)
 POLL_RECORDS = 500
+CATCH_UP_RECORDS = 20 * POLL_RECORDS  # decisions read per round while catching up
 POLL_TIMEOUT_S = 0.1
 # After a short batch, wait this long before reading again: records then arrive in batches, so the
 # learner does not wake (and contend for the GIL) on every single routed request.
 LINGER_S = 0.02
 UNKNOWN_OFFSET = -1  # a dead letter whose source offset was lost (it waited across a restart)
+STUCK_S = 10.0  # give up waiting for decisions the bus said exist (logged) after this long
 
 
 class Learner:
@@ -57,6 +63,16 @@ class Learner:
     Progress since the last commit lives in memory: the offsets read, the join-store changes, the
     applied feedback, dead letters and counters. `commit` writes all of it with the policy
     snapshots in one `Storage.commit_checkpoint`; after a crash `open` resumes from that commit.
+
+    Order: every feedback's decision was published before the feedback was, so before applying a
+    batch of feedback the learner reads the decisions topic up to the end it had when the batch
+    was read. A decision is therefore always known before the feedback that follows it, and the
+    policies learn in the order of the feedback log, not in the order the bus happened to deliver
+    the two topics: a run that crashed and resumed ends in the same state as one that did not
+    (exactly so with one feedback partition; with several, their relative order is the bus's).
+
+    Lease: with a ``lease``, every commit renews it and fails with `LeaseLostError` if another
+    learner took the group over (this one then stops without writing anything).
 
     Time: the joiner sees each record's bus timestamp, and expiry runs on the newest timestamp of
     the batch while catching up (the wall clock once caught up), so a replay after downtime makes
@@ -72,9 +88,12 @@ class Learner:
         checkpoint: LoadedCheckpoint,
         *,
         group: str = GROUP,
+        lease: Lease | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
+        self.bus = bus
+        self.lease = lease
         self.storage = storage
         self.policies = policies
         self.group = group
@@ -88,9 +107,14 @@ class Learner:
             applied=checkpoint.applied,
         )
         self._offsets = dict(checkpoint.offsets)
-        self._consumer = bus.consumer(
-            list(TOPICS), group, lambda topic, partition: self._offsets.get((topic, partition), 0)
-        )
+        self._decisions = bus.consumer([TOPIC_DECISIONS], group, self._start_offset)
+        self._feedback = bus.consumer([TOPIC_FEEDBACK], group, self._start_offset)
+        # Feedback read but not applied yet: it waits until the decisions are read up to
+        # ``_decisions_end`` (the decisions topic's end when the feedback was read).
+        self._feedback_batch: list[Record] = []
+        self._decisions_end: dict[tuple[str, int], int] = {}
+        self._catching_up_since = 0.0
+        self._last_renewal = time.monotonic()
         # Where each waiting feedback came from, for its dead letter should it never join.
         self._origins: dict[str, tuple[str, int, int]] = {}
         self._committed_versions = {name: p.updates for name, p in policies.items()}
@@ -109,17 +133,28 @@ class Learner:
         featurizer: Featurizer,
         *,
         group: str = GROUP,
+        lease: Lease | None = None,
         clock: Callable[[], float] = time.time,
     ) -> Learner:
         """A learner resumed from the last checkpoint of ``group``, policies included."""
         checkpoint = storage.load_checkpoint(group)
         policies = PolicySet.load(settings, featurizer, storage.list_models(), checkpoint.snapshots)
-        return cls(settings, storage, bus, policies, checkpoint, group=group, clock=clock)
+        return cls(
+            settings, storage, bus, policies, checkpoint, group=group, lease=lease, clock=clock
+        )
 
     # --- the loop --------------------------------------------------------------------------------
     def run_once(self, timeout_s: float = POLL_TIMEOUT_S) -> int:
-        """Apply one batch, expire overdue feedback, commit if due; returns how many records."""
-        records = self._consumer.poll(max_records=POLL_RECORDS, timeout_s=timeout_s)
+        """Read and apply one batch, expire overdue feedback, commit if due; returns how many
+        records it read."""
+        if not self._feedback_batch:
+            self._feedback_batch = self._feedback.poll(max_records=POLL_RECORDS, timeout_s=timeout_s)
+            self._decisions_end = self._decisions.end_offsets()
+            self._catching_up_since = time.monotonic()
+        records = self._read_decisions()
+        if self._caught_up() or self._stuck():
+            records.extend(self._feedback_batch)
+            self._feedback_batch = []
         for record in records:
             self._handle(record)
             # Hand the GIL to waiting request threads between records: otherwise a request that
@@ -130,7 +165,41 @@ class Learner:
             self._dead_letter_feedback(rejected)
         if self._due():
             self.commit()
+        elif self.lease is not None and time.monotonic() - self._last_renewal > self.lease.ttl_s / 3:
+            self._renew()
         return len(records)
+
+    def _read_decisions(self) -> list[Record]:
+        """Decisions up to ``_decisions_end`` (at most `CATCH_UP_RECORDS`), or one batch of
+        whatever is there if nothing waits for them."""
+        records: list[Record] = []
+        while len(records) < CATCH_UP_RECORDS:
+            batch = self._decisions.poll(max_records=POLL_RECORDS, timeout_s=0)
+            records.extend(batch)
+            for record in batch:
+                self._offsets[(record.topic, record.partition)] = record.offset + 1
+            if not batch and self._caught_up():
+                break
+            if not batch:
+                time.sleep(0.001)  # the bus has them but has not delivered them yet
+                if self._stuck():
+                    break
+        return records
+
+    def _caught_up(self) -> bool:
+        return all(self._offsets.get(tp, 0) >= end for tp, end in self._decisions_end.items())
+
+    def _stuck(self) -> bool:
+        if time.monotonic() - self._catching_up_since < STUCK_S:
+            return False
+        log.warning(
+            "decisions up to %s were announced but not delivered within %.0fs; applying the "
+            "feedback read so far without them",
+            self._decisions_end,
+            STUCK_S,
+        )
+        self._decisions_end = {}
+        return True
 
     def run_forever(self, stop: threading.Event) -> None:
         """`run_once` until ``stop`` is set, then commit what is left."""
@@ -140,9 +209,25 @@ class Learner:
         self.close()
 
     def close(self) -> None:
-        """Commit what is left and stop reading."""
+        """Commit what is left, stop reading and hand the lease on (a standby takes over now)."""
         self.commit()
-        self._consumer.close()
+        self.stop_reading()
+        if self.lease is not None:
+            self.storage.release_lease(self.lease)
+
+    def stop_reading(self) -> None:
+        """Release the consumers without committing (after `LeaseLostError`, say)."""
+        self._decisions.close()
+        self._feedback.close()
+
+    def _renew(self) -> None:
+        assert self.lease is not None
+        if not self.storage.renew_lease(self.lease):
+            raise LeaseLostError(
+                f"learner {self.lease.holder!r} lost the lease of consumer group {self.group!r}"
+                f" (epoch {self.lease.epoch}) to another learner"
+            )
+        self._last_renewal = time.monotonic()
 
     def commit(self) -> None:
         """Write everything since the last commit, with changed policies' snapshots, atomically."""
@@ -169,8 +254,16 @@ class Learner:
             applied=self._applied,
             dead_letters=self._dead_letters,
             counters={name: n for name, n in self._counters.items() if n},
+            outbox=[
+                (TOPIC_DEADLETTER, key, encode(DeadLetter.of(topic, partition, offset, value, why)))
+                for topic, partition, offset, key, why, value, _ in self._dead_letters
+            ],
+            lease=self.lease,
         )
         self.storage.commit_checkpoint(checkpoint)
+        self._last_renewal = time.monotonic()
+        if checkpoint.outbox and isinstance(self.bus, OutboxBus):
+            self.bus.notify()
         self._committed_versions.update({name: version for name, version, *_ in snapshots})
         self.applied_total += len(self._applied)
         self.dead_letters_total += len(self._dead_letters)
@@ -270,6 +363,9 @@ class Learner:
         self._dirty = True
 
     # --- bookkeeping -----------------------------------------------------------------------------
+    def _start_offset(self, topic: str, partition: int) -> int:
+        return self._offsets.get((topic, partition), 0)
+
     def _due(self) -> bool:
         if not self._dirty:
             return False
@@ -284,36 +380,6 @@ class Learner:
         self._uncommitted = 0
         self._dirty = False
         self._last_commit = time.monotonic()
-
-
-class LearnerThread:
-    """Runs a `Learner` in a daemon thread of the API process (the embedded default)."""
-
-    def __init__(self, learner: Learner) -> None:
-        self.learner = learner
-        self.error: BaseException | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="bandit-router-learner", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """Ask the loop to finish, wait for its final commit, then release the consumer."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout_s)
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def _run(self) -> None:
-        try:
-            self.learner.run_forever(self._stop)
-        except BaseException as error:  # reported by /readyz; the process keeps serving routes
-            self.error = error
-            log.exception("the learner stopped")
 
 
 def _decision(payload: bytes) -> DecisionEvent:

@@ -31,6 +31,10 @@ class BusClosedError(RuntimeError):
     """A bus or consumer was used after ``close()``."""
 
 
+class BusUnavailableError(RuntimeError):
+    """The bus could not be reached in time; the records were not stored."""
+
+
 class Consumer(Protocol):
     """Reads the partitions assigned to it, from the offsets its caller chose."""
 
@@ -43,6 +47,11 @@ class Consumer(Protocol):
 
     def assignment(self) -> list[tuple[str, int]]:
         """The (topic, partition) pairs this consumer reads."""
+        ...
+
+    def end_offsets(self) -> dict[tuple[str, int], int]:
+        """For each assigned partition, the offset the next published record will get (so every
+        record already published there has a smaller offset)."""
         ...
 
     def close(self) -> None:

@@ -309,10 +309,11 @@ class DeadLetter:
     def __post_init__(self) -> None:
         set_ = object.__setattr__
         set_(self, "source_topic", _text("source_topic", self.source_topic))
-        for field in ("partition", "offset"):
+        # offset -1: unknown (feedback that waited across a restart; its origin is not stored)
+        for field, smallest in (("partition", 0), ("offset", -1)):
             number = _integer(field, getattr(self, field))
-            if number < 0:
-                raise EventError(f"field {field!r} must be >= 0, got {number}")
+            if number < smallest:
+                raise EventError(f"field {field!r} must be >= {smallest}, got {number}")
             set_(self, field, number)
         set_(self, "reason", _text("reason", self.reason))
         set_(self, "payload", _text("payload", self.payload, nonempty=False))
