@@ -65,9 +65,12 @@ class Settings(BaseSettings):
         description="Comma-separated host:port list of Kafka brokers (used when bus = 'kafka').",
     )
     kafka_partitions: int = Field(
-        8,
+        1,
         ge=1,
-        description="Partitions of each topic the service creates (topics that exist are kept).",
+        description="Partitions of each topic the service creates (existing topics are kept). "
+        "One active learner reads every partition; with one, the log has a total order and the "
+        "learned state is reproducible from it; with more, updates across partitions follow the "
+        "order of delivery (still each exactly once).",
     )
     kafka_timeout_s: float = Field(
         5.0,

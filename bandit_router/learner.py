@@ -54,6 +54,7 @@ POLL_TIMEOUT_S = 0.1
 # learner does not wake (and contend for the GIL) on every single routed request.
 LINGER_S = 0.02
 UNKNOWN_OFFSET = -1  # a dead letter whose source offset was lost (it waited across a restart)
+YIELD_EVERY = 32  # records between yields of the GIL (a yield costs a syscall, more on a busy CPU)
 STUCK_S = 10.0  # give up waiting for decisions the bus said exist (logged) after this long
 
 
@@ -155,11 +156,12 @@ class Learner:
         if self._caught_up() or self._stuck():
             records.extend(self._feedback_batch)
             self._feedback_batch = []
-        for record in records:
+        for i, record in enumerate(records, 1):
             self._handle(record)
-            # Hand the GIL to waiting request threads between records: otherwise a request that
-            # released it (for SQLite, say) waits out a whole switch interval (5 ms) to continue.
-            time.sleep(0)
+            if i % YIELD_EVERY == 0:
+                # Hand the GIL to waiting request threads now and then: otherwise a request that
+                # released it (for SQLite, say) waits out a whole switch interval (5 ms).
+                time.sleep(0)
         now = max(record.ts for record in records) if records else self._clock()
         for rejected in self._joiner.expire(now):
             self._dead_letter_feedback(rejected)
