@@ -251,6 +251,7 @@ def _learn(args: argparse.Namespace) -> None:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    # The URL's repr hides its password.
     print(f"learner {learner.holder}: {settings.bus} bus, database {engine.url!r}", flush=True)
     try:
         learner.run(stop)
@@ -263,9 +264,12 @@ def _db(args: argparse.Namespace) -> None:
     from bandit_router.storage import migrate
 
     settings = _settings(args, database_url=args.database)
+    from sqlalchemy.engine import make_url
+
     url = settings.database_url  # type: ignore[attr-defined]
     revision = migrate(url)
-    print(f"database {url} is at schema revision {revision}")
+    shown = make_url(url).render_as_string(hide_password=True)
+    print(f"database {shown} is at schema revision {revision}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,6 +22,7 @@ import pytest
 from fastapi.testclient import TestClient
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from sqlalchemy import Engine, func, select, text
+from streams.kafka import KafkaBus
 
 from bandit_router.api import create_app
 from bandit_router.catalog import DEMO_CATALOG
@@ -32,7 +33,6 @@ from bandit_router.service import RouterService
 from bandit_router.storage import Storage, make_engine, migrate
 from bandit_router.storage.schema import AppliedFeedbackRow, DeadLetterRow
 from streams import TOPIC_DEADLETTER, TOPIC_DECISIONS, TOPIC_FEEDBACK, decode
-from streams.kafka import KafkaBus
 from tests.proxy import TcpProxy
 from tests.services import TansuBroker, create_database, drop_database, free_port, tansu_binary
 
@@ -119,6 +119,10 @@ def count(engine: Engine, row: type) -> int:
         return int(connection.scalar(select(func.count()).select_from(row)) or 0)
 
 
+def applied_at_least(engine: Engine, n: int) -> Callable[[], bool]:
+    return lambda: count(engine, AppliedFeedbackRow) >= n
+
+
 def wait_until(probe: Callable[[], bool], timeout_s: float, what: str, log: Callable[[], str] = str) -> None:
     deadline = time.monotonic() + timeout_s
     while not probe():
@@ -136,7 +140,8 @@ def route_and_feedback(service: RouterService, pairs: int, threads: int = 4, see
             prompt = f"{PROMPTS[i % len(PROMPTS)]} (request {i})"
             routed = service.route(prompt=prompt, cost_weight=rng.choice([0.1, 0.3, 0.6, 0.9]))
             quality = min(1.0, max(0.0, 0.3 + 0.1 * (len(routed.model) % 5) + rng.gauss(0, 0.1)))
-            service.feedback(decision_id=routed.decision_id, quality=quality, latency_ms=rng.uniform(100, 900))
+            latency = rng.uniform(100, 900)
+            service.feedback(decision_id=routed.decision_id, quality=quality, latency_ms=latency)
 
     workers = [threading.Thread(target=client, args=(w,)) for w in range(threads)]
     for worker in workers:
@@ -182,13 +187,13 @@ def test_sigkilled_learner_applies_every_feedback_once_and_ends_in_the_uninterru
 
     rng = random.Random(7)
     for kill_at in sorted(rng.sample(range(2_000, 18_000), 2)):
-        wait_until(lambda: count(migrated, AppliedFeedbackRow) >= kill_at, 240, f"{kill_at} applied", learner.log)
+        wait_until(applied_at_least(migrated, kill_at), 240, f"{kill_at} applied", learner.log)
         learner.kill()
         learner.start()
     producer.join()
     assert service.bus.flush(timeout_s=30)
     service.close()
-    wait_until(lambda: count(migrated, AppliedFeedbackRow) >= pairs, 240, "every feedback applied", learner.log)
+    wait_until(applied_at_least(migrated, pairs), 240, "every feedback applied", learner.log)
     assert learner.stop() == 0, learner.log()
 
     with migrated.connect() as connection:
@@ -236,17 +241,17 @@ def test_the_standby_takes_over_from_the_stored_offsets_when_the_active_learner_
     storage = Storage(migrated)
     wait_until(lambda: storage.lease_holder("learner") is not None, 60, "an active learner")
     holder, epoch, _ = storage.lease_holder("learner")  # type: ignore[misc]
-    active = next(l for l in learners if f":{l.process.pid}:" in holder)  # type: ignore[union-attr]
-    standby = next(l for l in learners if l is not active)
+    active = next(p for p in learners if f":{p.process.pid}:" in holder)  # type: ignore[union-attr]
+    standby = next(p for p in learners if p is not active)
 
     service = RouterService.open(settings, run_learner=False)
     route_and_feedback(service, pairs // 2, seed=1)
-    wait_until(lambda: count(migrated, AppliedFeedbackRow) >= pairs // 4, 120, "some applied", active.log)
+    wait_until(applied_at_least(migrated, pairs // 4), 120, "some applied", active.log)
     active.kill()
     route_and_feedback(service, pairs - pairs // 2, seed=2)
     assert service.bus.flush(timeout_s=30)
     service.close()
-    wait_until(lambda: count(migrated, AppliedFeedbackRow) >= pairs, 120, "every feedback applied", standby.log)
+    wait_until(applied_at_least(migrated, pairs), 120, "every feedback applied", standby.log)
     new_holder, new_epoch, _ = storage.lease_holder("learner")  # type: ignore[misc]
     assert f":{standby.process.pid}:" in new_holder and new_epoch > epoch  # type: ignore[union-attr]
     assert standby.stop() == 0, standby.log()
@@ -277,7 +282,8 @@ def test_routes_keep_answering_through_a_broker_outage_and_every_event_arrives_o
             proxy.cut()
             decision_ids = []
             for i in range(500):
-                response = client.post("/v1/route", json={"prompt": f"{PROMPTS[i % 8]} #{i}", "cost_weight": 0.3})
+                body = {"prompt": f"{PROMPTS[i % 8]} #{i}", "cost_weight": 0.3}
+                response = client.post("/v1/route", json=body)
                 assert response.status_code == 200, response.text
                 decision_ids.append(response.json()["decision_id"])
                 feedback = client.post("/v1/feedback", json={"decision_id": decision_ids[-1], "quality": 0.7})
@@ -287,7 +293,7 @@ def test_routes_keep_answering_through_a_broker_outage_and_every_event_arrives_o
 
             proxy.restore()
             assert service.bus.flush(timeout_s=60)
-            wait_until(lambda: count(migrated, AppliedFeedbackRow) >= 500, 60, "the outage's feedback applied")
+            wait_until(applied_at_least(migrated, 500), 60, "the outage's feedback applied")
             assert client.get("/readyz").json()["bus"] == "ok"
         decisions = read_topic(broker.bootstrap, TOPIC_DECISIONS)
         assert sorted(key for key, _ in decisions) == sorted(decision_ids)  # each exactly once
@@ -312,7 +318,11 @@ def test_malformed_records_end_in_the_dead_letter_table_and_topic(
         (TOPIC_FEEDBACK, "k1", b"this is not json"),
         (TOPIC_DECISIONS, "k2", b'{"schema":"decision/9","decision_id":"k2"}'),
         (TOPIC_FEEDBACK, "k3", b'{"schema":"feedback/1","feedback_id":"f3","decision_id":"k3","ts":1.0}'),
-        (TOPIC_FEEDBACK, "ghost", b'{"schema":"feedback/1","feedback_id":"f4","decision_id":"ghost","ts":1.0,"quality":0.5}'),
+        (
+            TOPIC_FEEDBACK,
+            "ghost",
+            b'{"schema":"feedback/1","feedback_id":"f4","decision_id":"ghost","ts":1.0,"quality":0.5}',
+        ),
     ]
     for topic, key, value in bad:
         producer.send(topic, key=key.encode(), value=value)
