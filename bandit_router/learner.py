@@ -247,7 +247,10 @@ class Learner:
             group=self.group,
             snapshots=snapshots,
             offsets=dict(self._offsets),
-            added_decisions=[(d.decision_id, encode(d), at) for d, at in changes.added_decisions],
+            added_decisions=[
+                (d.decision_id, self._decision_bytes.get(d.decision_id) or encode(d), at)
+                for d, at in changes.added_decisions
+            ],
             removed_decision_ids=changes.removed_decision_ids,
             added_waiting=[
                 (f.feedback_id, f.decision_id, encode(f), at) for f, at in changes.added_waiting
@@ -304,6 +307,7 @@ class Learner:
                 )
                 return
             self._counters[DECISIONS] += 1
+            self._decision_bytes[event.decision_id] = record.value  # stored as is if it waits
             results = self._joiner.add_decision(event, now=record.ts)
         else:
             self._counters[FEEDBACK_RECEIVED] += 1
@@ -379,6 +383,7 @@ class Learner:
         self._applied: list[tuple[str, str, float, int]] = []
         self._dead_letters: list[tuple[str, int, int, str, str, bytes, float]] = []
         self._counters = {DECISIONS: 0, FEEDBACK_RECEIVED: 0}
+        self._decision_bytes: dict[str, bytes] = {}  # decisions read since the last commit
         self._uncommitted = 0
         self._dirty = False
         self._last_commit = time.monotonic()
