@@ -31,6 +31,14 @@ class BusClosedError(RuntimeError):
     """A bus or consumer was used after ``close()``."""
 
 
+class BusUnavailableError(RuntimeError):
+    """The bus could not take a write in time (e.g. the broker is down); nothing is known to be stored.
+
+    A record may still have reached the broker (at least once), so a caller that keeps the records
+    for a retry must tolerate duplicates. The same bus works again once the broker is back.
+    """
+
+
 class Consumer(Protocol):
     """Reads the partitions assigned to it, from the offsets its caller chose."""
 
