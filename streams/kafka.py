@@ -227,8 +227,8 @@ class KafkaBusConsumer:
     """Reads every partition of its topics, assigned by hand (no group rebalancing, no commits).
 
     Every ``metadata_refresh_s`` a poll picks up partitions that appeared since (a topic created
-    later, or while the broker was down) and checks that each next offset is still inside its
-    partition, raising ``OffsetOutOfRangeError`` instead of silently skipping or re-reading.
+    later, or while the broker was down). A next offset outside its partition raises
+    ``OffsetOutOfRangeError`` instead of silently skipping or re-reading records.
     """
 
     def __init__(self, bus: KafkaBus, topics: list[str], group: str, start_offset: StartOffset) -> None:
@@ -260,11 +260,11 @@ class KafkaBusConsumer:
                 tp, offset = next(iter(err.args[0].items()))
                 raise OffsetOutOfRangeError(_out_of_range(tp, offset, "the broker refused it")) from err
             records = [_record(raw) for partition in batch.values() for raw in partition]
+            for record in records:
+                self._next[TopicPartition(record.topic, record.partition)] = record.offset + 1
+            self._check_high_water()
             if records or time.monotonic() >= deadline:
-                break
-        for record in records:
-            self._next[TopicPartition(record.topic, record.partition)] = record.offset + 1
-        return records
+                return records
 
     def assignment(self) -> list[tuple[str, int]]:
         """The (topic, partition) pairs read, by subscription order then partition."""
@@ -277,35 +277,42 @@ class KafkaBusConsumer:
         self._drop()
 
     def _refresh(self) -> None:
-        """Assign new partitions at their start offsets and check every next offset's range."""
+        """Assign new partitions at their start offsets; reconnect if the client was dropped."""
         self._refresh_due = time.monotonic() + self._bus.metadata_refresh_s
         try:
             self._bus.ensure_topics(self._topics)
             counts = self._bus.partition_counts(self._topics)
-            with self._bus._translated("checking partition offsets", self._drop):
+            with self._bus._translated("assigning partitions", self._drop):
                 fresh = self._kafka is None
                 kafka = self._connect()
                 found = [TopicPartition(t, p) for t in self._topics for p in range(counts.get(t, 0))]
                 new = [tp for tp in found if tp not in self._next]
+                if not (new or fresh):
+                    return
                 wanted = dict(self._next)
                 for topic, partition in new:
-                    wanted[TopicPartition(topic, partition)] = check_start(
-                        topic, partition, self._start_offset(topic, partition)
-                    )
+                    start = check_start(topic, partition, self._start_offset(topic, partition))
+                    wanted[TopicPartition(topic, partition)] = start
                 timeout_ms = self._bus.client_config["request_timeout_ms"]
                 first = kafka.beginning_offsets(list(wanted), timeout_ms=timeout_ms)
-                end = kafka.end_offsets(list(wanted), timeout_ms=timeout_ms)
                 for tp, offset in wanted.items():
-                    if not first[tp] <= offset <= end[tp]:
-                        held = f"it holds offsets {first[tp]} to {end[tp]} (exclusive)"
-                        raise OffsetOutOfRangeError(_out_of_range(tp, offset, held))
-                if new or fresh:  # a new client starts unassigned, at no position
-                    kafka.assign(list(wanted))
-                    for tp, offset in wanted.items():
-                        kafka.seek(tp, offset)
+                    if offset < first[tp]:
+                        why = f"the partition starts at offset {first[tp]}"
+                        raise OffsetOutOfRangeError(_out_of_range(tp, offset, why))
+                kafka.assign(list(wanted))  # a new client starts unassigned, with no positions
+                for tp, offset in wanted.items():
+                    kafka.seek(tp, offset)
                 self._next = wanted
         except BusUnavailableError as err:
             log.warning("%s; consumer retries in %.1f s", err, self._bus.metadata_refresh_s)
+
+    def _check_high_water(self) -> None:
+        """Refuse a next offset past a partition's end, as the last fetch reported it (some brokers
+        answer such a fetch with no records instead of an out-of-range error)."""
+        for tp, offset in self._next.items():
+            end = self._kafka.highwater(tp)
+            if end is not None and offset > end:
+                raise OffsetOutOfRangeError(_out_of_range(tp, offset, f"the partition ends at offset {end}"))
 
     def _connect(self) -> Any:
         if self._kafka is None:
