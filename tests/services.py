@@ -5,15 +5,17 @@ Plain helpers without pytest, so the fixtures in conftest.py decide what a missi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.engine import make_url
 
 DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -110,20 +112,23 @@ def create_database(server_url: str) -> str:
 
     Raises ``sqlalchemy.exc.OperationalError`` when the server is unreachable.
     """
-    server = make_url(server_url)
     name = f"test_{uuid.uuid4().hex[:16]}"
-    _admin_execute(server_url, f'CREATE DATABASE "{name}"')
-    return server.set(database=name).render_as_string(hide_password=False)
+    with _server(server_url) as conn:
+        # Copying the template's files is several times faster than WAL-logging them (PostgreSQL 15+).
+        fast = int(conn.execute(text("show server_version_num")).scalar_one()) >= 150000
+        conn.execute(text(f'CREATE DATABASE "{name}"' + (" STRATEGY FILE_COPY" if fast else "")))
+    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
 
 
 def drop_database(url: str) -> None:
     """Drop the database of ``url``, closing whatever connections are still open to it."""
-    name = make_url(url).database
-    _admin_execute(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with _server(url) as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
 
 
-def _admin_execute(url: str, statement: str) -> None:
-    """Run a statement that cannot run in a transaction, from the server's ``postgres`` database."""
+@contextlib.contextmanager
+def _server(url: str) -> Iterator[Connection]:
+    """An autocommit connection to the server's ``postgres`` database (CREATE DATABASE needs one)."""
     engine = create_engine(
         make_url(url).set(database="postgres"),
         isolation_level="AUTOCOMMIT",
@@ -131,6 +136,6 @@ def _admin_execute(url: str, statement: str) -> None:
     )
     try:
         with engine.connect() as conn:
-            conn.execute(text(statement))
+            yield conn
     finally:
         engine.dispose()
