@@ -62,7 +62,10 @@ class Bus(Protocol):
     """A durable, partitioned, append-only log of keyed records."""
 
     def publish(self, topic: str, key: str, value: bytes) -> int:
-        """Append one record and return its offset; it is durable when this returns."""
+        """Append one record and return its offset; it is durable when this returns.
+
+        A networked bus raises ``BusUnavailableError`` when it cannot store the record in time.
+        """
         ...
 
     def publish_many(self, records: Sequence[tuple[str, str, bytes]]) -> list[int]:

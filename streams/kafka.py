@@ -15,14 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import (
-    KafkaConfigurationError,
-    KafkaError,
-    MessageSizeTooLargeError,
-    TopicAlreadyExistsError,
-    for_code,
-)
-from kafka.errors import OffsetOutOfRangeError as KafkaOffsetOutOfRangeError
+from kafka import errors as kafka_errors
 
 from streams.bus import (
     BusClosedError,
@@ -67,9 +60,9 @@ class KafkaBus:
         topics: Sequence[str] = (TOPIC_DECISIONS, TOPIC_FEEDBACK, TOPIC_DEADLETTER),
         metadata_refresh_s: float = 5.0,
     ) -> None:
-        for name, value in [("partitions", partitions), ("replication_factor", replication_factor)]:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        for name, count in {"partitions": partitions, "replication_factor": replication_factor}.items():
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {count!r}")
         timeouts = {"request_timeout_s": request_timeout_s, "metadata_refresh_s": metadata_refresh_s}
         for name, seconds in timeouts.items():
             if not seconds > 0:
@@ -131,17 +124,13 @@ class KafkaBus:
                 spec = {"num_partitions": self.partitions, "replication_factor": self.replication_factor}
                 answer = admin.create_topics({topic: spec for topic in missing}, raise_errors=False)
             for created in answer["topics"]:
-                if created["error_code"] not in (0, TopicAlreadyExistsError.errno):
-                    error = for_code(created["error_code"])(created["error_message"])
+                if created["error_code"] not in (0, kafka_errors.TopicAlreadyExistsError.errno):
+                    error = kafka_errors.for_code(created["error_code"])(created["error_message"])
                     failure = f"Kafka refused to create topic {created['name']!r}: {error!r}"
                     raise BusUnavailableError(failure) if error.retriable else RuntimeError(failure)
             for topic, count in self.partition_counts(missing).items():
-                if count != self.partitions:
-                    log.warning(
-                        "topic %r has %d partitions, not the configured %d: every topic keyed by decision"
-                        " id needs the same count for a decision and its feedback to share a partition",
-                        topic, count, self.partitions,
-                    )
+                if count != self.partitions:  # decisions and feedback share partitions only at equal counts
+                    log.warning("topic %r has %d partitions, not %d", topic, count, self.partitions)
             self._ready.update(missing)
 
     def partition_counts(self, topics: Sequence[str]) -> dict[str, int]:
@@ -174,9 +163,9 @@ class KafkaBus:
         """Turn a client failure into ``BusUnavailableError`` after ``reset`` drops the client."""
         try:
             yield
-        except (MessageSizeTooLargeError, KafkaConfigurationError):
+        except (kafka_errors.MessageSizeTooLargeError, kafka_errors.KafkaConfigurationError):
             raise  # the record or the settings are at fault, not the broker: retrying cannot help
-        except KafkaError as err:
+        except kafka_errors.KafkaError as err:
             reset()
             raise BusUnavailableError(f"Kafka at {self.bootstrap} failed while {doing}: {err!r}") from err
 
@@ -256,9 +245,10 @@ class KafkaBusConsumer:
             remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
             try:
                 batch = self._kafka.poll(timeout_ms=remaining_ms, max_records=max_records)
-            except KafkaOffsetOutOfRangeError as err:
+            except kafka_errors.OffsetOutOfRangeError as err:
                 tp, offset = next(iter(err.args[0].items()))
-                raise OffsetOutOfRangeError(_out_of_range(tp, offset, "the broker refused it")) from err
+                why = "the broker holds no such offset"
+                raise OffsetOutOfRangeError(_out_of_range(tp, offset, why)) from err
             records = [_record(raw) for partition in batch.values() for raw in partition]
             for record in records:
                 self._next[TopicPartition(record.topic, record.partition)] = record.offset + 1
@@ -293,12 +283,8 @@ class KafkaBusConsumer:
                 for topic, partition in new:
                     start = check_start(topic, partition, self._start_offset(topic, partition))
                     wanted[TopicPartition(topic, partition)] = start
-                timeout_ms = self._bus.client_config["request_timeout_ms"]
-                first = kafka.beginning_offsets(list(wanted), timeout_ms=timeout_ms)
-                for tp, offset in wanted.items():
-                    if offset < first[tp]:
-                        why = f"the partition starts at offset {first[tp]}"
-                        raise OffsetOutOfRangeError(_out_of_range(tp, offset, why))
+                # An offset before the partition's start fails the fetch (auto_offset_reset="none");
+                # one past its end is caught by _check_high_water.
                 kafka.assign(list(wanted))  # a new client starts unassigned, with no positions
                 for tp, offset in wanted.items():
                     kafka.seek(tp, offset)

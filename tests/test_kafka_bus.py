@@ -83,8 +83,9 @@ def test_start_offsets_are_honoured_per_partition(kafka_broker: TansuBroker) -> 
     for record in everything:
         by_partition.setdefault(record.partition, []).append(record)
     assert sorted(by_partition) == [0, 1, 2, 3]
-    for records in by_partition.values():  # offset order within each partition
+    for records in by_partition.values():  # in offset order, which is the order they were sent in
         assert [r.offset for r in records] == list(range(len(records)))
+        assert [r.key for r in records] == sorted((r.key for r in records), key=lambda k: int(k[1:]))
 
     starts = {p: min(p, len(held)) for p, held in by_partition.items()}  # 0, 1, 2, 3 where there are
     asked: list[tuple[str, int]] = []
