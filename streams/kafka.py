@@ -249,6 +249,10 @@ class KafkaBusConsumer:
                 tp, offset = next(iter(err.args[0].items()))
                 why = "the broker holds no such offset"
                 raise OffsetOutOfRangeError(_out_of_range(tp, offset, why)) from err
+            except kafka_errors.KafkaError as err:  # the next refresh reconnects, at the same offsets
+                log.warning("Kafka at %s failed while polling: %r", self._bus.bootstrap, err)
+                self._drop()
+                return []
             records = [_record(raw) for partition in batch.values() for raw in partition]
             for record in records:
                 self._next[TopicPartition(record.topic, record.partition)] = record.offset + 1
