@@ -32,7 +32,11 @@ class BusClosedError(RuntimeError):
 
 
 class BusUnavailableError(RuntimeError):
-    """The bus could not be reached in time; the records were not stored."""
+    """The bus could not take a write in time (e.g. the broker is down); nothing is known to be stored.
+
+    A record may still have reached the broker (at least once), so a caller that keeps the records
+    for a retry must tolerate duplicates. The same bus works again once the broker is back.
+    """
 
 
 class Consumer(Protocol):
@@ -63,7 +67,10 @@ class Bus(Protocol):
     """A durable, partitioned, append-only log of keyed records."""
 
     def publish(self, topic: str, key: str, value: bytes) -> int:
-        """Append one record and return its offset; it is durable when this returns."""
+        """Append one record and return its offset; it is durable when this returns.
+
+        A networked bus raises ``BusUnavailableError`` when it cannot store the record in time.
+        """
         ...
 
     def publish_many(self, records: Sequence[tuple[str, str, bytes]]) -> list[int]:
