@@ -48,14 +48,13 @@ log = logging.getLogger(__name__)
 
 GROUP = "learner"
 POLL_RECORDS = 500
-CATCH_UP_RECORDS = 20 * POLL_RECORDS  # decisions read per round while catching up
 POLL_TIMEOUT_S = 0.1
 # After a short batch, wait this long before reading again: records then arrive in batches, so the
 # learner does not wake (and contend for the GIL) on every single routed request.
 LINGER_S = 0.02
 UNKNOWN_OFFSET = -1  # a dead letter whose source offset was lost (it waited across a restart)
 YIELD_EVERY = 32  # records between yields of the GIL (a yield costs a syscall, more on a busy CPU)
-STUCK_S = 10.0  # give up waiting for decisions the bus said exist (logged) after this long
+DECISION_WAIT_S = 0.1  # how long to wait for more decisions when a feedback's is not known yet
 
 
 class Learner:
@@ -66,11 +65,12 @@ class Learner:
     snapshots in one `Storage.commit_checkpoint`; after a crash `open` resumes from that commit.
 
     Order: every feedback's decision was published before the feedback was, so before applying a
-    batch of feedback the learner reads the decisions topic up to the end it had when the batch
-    was read. A decision is therefore always known before the feedback that follows it, and the
-    policies learn in the order of the feedback log, not in the order the bus happened to deliver
-    the two topics: a run that crashed and resumed ends in the same state as one that did not
-    (exactly so with one feedback partition; with several, their relative order is the bus's).
+    feedback whose decision it has not seen, the learner reads on in the decisions topic until it
+    finds it (or nothing is left). A decision is therefore known before the feedback that follows
+    it, and the policies learn in the order of the feedback log, not in the order the bus happened
+    to deliver the two topics: a run that crashed and resumed ends in the same state as one that
+    did not (exactly so with one feedback partition; with several, their relative order is the
+    bus's).
 
     Lease: with a ``lease``, every commit renews it and fails with `LeaseLostError` if another
     learner took the group over (this one then stops without writing anything).
@@ -110,11 +110,6 @@ class Learner:
         self._offsets = dict(checkpoint.offsets)
         self._decisions = bus.consumer([TOPIC_DECISIONS], group, self._start_offset)
         self._feedback = bus.consumer([TOPIC_FEEDBACK], group, self._start_offset)
-        # Feedback read but not applied yet: it waits until the decisions are read up to
-        # ``_decisions_end`` (the decisions topic's end when the feedback was read).
-        self._feedback_batch: list[Record] = []
-        self._decisions_end: dict[tuple[str, int], int] = {}
-        self._catching_up_since = 0.0
         self._last_renewal = time.monotonic()
         # Where each waiting feedback came from, for its dead letter should it never join.
         self._origins: dict[str, tuple[str, int, int]] = {}
@@ -148,20 +143,18 @@ class Learner:
     def run_once(self, timeout_s: float = POLL_TIMEOUT_S) -> int:
         """Read and apply one batch, expire overdue feedback, commit if due; returns how many
         records it read."""
-        if not self._feedback_batch:
-            self._feedback_batch = self._feedback.poll(max_records=POLL_RECORDS, timeout_s=timeout_s)
-            self._decisions_end = self._decisions.end_offsets()
-            self._catching_up_since = time.monotonic()
-        records = self._read_decisions()
-        if self._caught_up() or self._stuck():
-            records.extend(self._feedback_batch)
-            self._feedback_batch = []
-        for i, record in enumerate(records, 1):
+        records = self._decisions.poll(max_records=POLL_RECORDS, timeout_s=0)
+        self._handle_all(records)
+        feedback = self._feedback.poll(max_records=POLL_RECORDS, timeout_s=0 if records else timeout_s)
+        exhausted = False  # no decision left to read for now
+        for i, record in enumerate(feedback, 1):
+            if not exhausted and not self._joiner.knows_decision(record.key):
+                exhausted, read = self._read_decisions_until(record.key)
+                records += read
             self._handle(record)
             if i % YIELD_EVERY == 0:
-                # Hand the GIL to waiting request threads now and then: otherwise a request that
-                # released it (for SQLite, say) waits out a whole switch interval (5 ms).
-                time.sleep(0)
+                time.sleep(0)  # see _handle_all
+        records += feedback
         now = max(record.ts for record in records) if records else self._clock()
         for rejected in self._joiner.expire(now):
             self._dead_letter_feedback(rejected)
@@ -171,37 +164,27 @@ class Learner:
             self._renew()
         return len(records)
 
-    def _read_decisions(self) -> list[Record]:
-        """Decisions up to ``_decisions_end`` (at most `CATCH_UP_RECORDS`), or one batch of
-        whatever is there if nothing waits for them."""
-        records: list[Record] = []
-        while len(records) < CATCH_UP_RECORDS:
-            batch = self._decisions.poll(max_records=POLL_RECORDS, timeout_s=0)
-            records.extend(batch)
-            for record in batch:
-                self._offsets[(record.topic, record.partition)] = record.offset + 1
-            if not batch and self._caught_up():
-                break
+    def _read_decisions_until(self, decision_id: str) -> tuple[bool, list[Record]]:
+        """Read (and handle) decisions until ``decision_id`` is among them or none are left;
+        returns (none left, the records read). Feedback comes after its decision was published,
+        so this finds it unless the decision never existed or comes from a lagging producer."""
+        read: list[Record] = []
+        while True:
+            batch = self._decisions.poll(max_records=POLL_RECORDS, timeout_s=DECISION_WAIT_S)
+            self._handle_all(batch)
+            read += batch
             if not batch:
-                time.sleep(0.001)  # the bus has them but has not delivered them yet
-                if self._stuck():
-                    break
-        return records
+                return True, read
+            if self._joiner.knows_decision(decision_id):
+                return False, read
 
-    def _caught_up(self) -> bool:
-        return all(self._offsets.get(tp, 0) >= end for tp, end in self._decisions_end.items())
-
-    def _stuck(self) -> bool:
-        if time.monotonic() - self._catching_up_since < STUCK_S:
-            return False
-        log.warning(
-            "decisions up to %s were announced but not delivered within %.0fs; applying the "
-            "feedback read so far without them",
-            self._decisions_end,
-            STUCK_S,
-        )
-        self._decisions_end = {}
-        return True
+    def _handle_all(self, records: list[Record]) -> None:
+        for i, record in enumerate(records, 1):
+            self._handle(record)
+            if i % YIELD_EVERY == 0:
+                # Hand the GIL to waiting request threads now and then: otherwise a request that
+                # released it (for SQLite, say) waits out a whole switch interval (5 ms).
+                time.sleep(0)
 
     def run_forever(self, stop: threading.Event) -> None:
         """`run_once` until ``stop`` is set, then commit what is left."""

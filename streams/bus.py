@@ -53,11 +53,6 @@ class Consumer(Protocol):
         """The (topic, partition) pairs this consumer reads."""
         ...
 
-    def end_offsets(self) -> dict[tuple[str, int], int]:
-        """For each assigned partition, the offset the next published record will get (so every
-        record already published there has a smaller offset)."""
-        ...
-
     def close(self) -> None:
         """Stop reading; polling afterwards raises ``BusClosedError``."""
         ...

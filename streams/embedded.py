@@ -25,7 +25,6 @@ from sqlalchemy import (
     bindparam,
     create_engine,
     event,
-    func,
     insert,
     select,
 )
@@ -277,18 +276,6 @@ class EmbeddedConsumer:
     def assignment(self) -> list[tuple[str, int]]:
         """``(topic, 0)`` for each subscribed topic."""
         return [(topic, 0) for topic in self._next]
-
-    def end_offsets(self) -> dict[tuple[str, int], int]:
-        """``(topic, 0)`` -> one past the newest offset of that topic (offsets are global; 0 if
-        the topic is empty)."""
-        ends = {}
-        with self._bus.engine.connect() as conn:
-            for topic in self._next:  # one index lookup each (a GROUP BY would scan the log)
-                newest = conn.scalar(
-                    select(func.max(EVENT_LOG.c.offset)).where(EVENT_LOG.c.topic == topic)
-                )
-                ends[(topic, 0)] = 0 if newest is None else int(newest) + 1
-        return ends
 
     def close(self) -> None:
         """Stop reading."""

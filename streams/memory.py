@@ -136,11 +136,6 @@ class InMemoryConsumer:
         """``(topic, 0)`` for each subscribed topic."""
         return [(topic, 0) for topic in self._next]
 
-    def end_offsets(self) -> dict[tuple[str, int], int]:
-        """``(topic, 0)`` -> the length of that topic's log."""
-        with self._bus._changed:
-            return {(topic, 0): len(self._bus._logs.get(topic, [])) for topic in self._next}
-
     def close(self) -> None:
         """Stop reading."""
         self._closed = True
