@@ -239,7 +239,8 @@ def _learn(args: argparse.Namespace) -> None:
     from bandit_router.storage import Storage, check_schema, make_engine, migrate
     from streams.outbox import OutboxBus
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)  # its INFO is every connection's story
     settings = _service_settings(args)
     engine = make_engine(settings.database_url)
     if engine.dialect.name == "sqlite":

@@ -32,11 +32,16 @@ class BusClosedError(RuntimeError):
 
 
 class BusUnavailableError(RuntimeError):
-    """The bus could not take a write in time (e.g. the broker is down); nothing is known to be stored.
+    """The bus could not take a write in time (e.g. the broker is down).
 
-    A record may still have reached the broker (at least once), so a caller that keeps the records
-    for a retry must tolerate duplicates. The same bus works again once the broker is back.
+    ``published`` leading records of the write were acknowledged (stored); of the rest nothing is
+    known: one may still have reached the broker, so a caller that keeps them for a retry must
+    tolerate duplicates. The same bus works again once the broker is back.
     """
+
+    def __init__(self, message: str, published: int = 0) -> None:
+        super().__init__(message)
+        self.published = published
 
 
 class Consumer(Protocol):

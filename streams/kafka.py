@@ -98,7 +98,8 @@ class KafkaBus:
     def publish_many(self, records: Sequence[tuple[str, str, bytes]]) -> list[int]:
         """Send every record, then wait for all acknowledgements; their offsets, in order.
 
-        Not atomic across records: after ``BusUnavailableError`` some of them may be stored.
+        Not atomic across records: after ``BusUnavailableError`` its ``published`` leading records
+        are stored, and some of the others may be.
         """
         for topic, key, value in records:
             check_record(topic, key, value)
@@ -108,9 +109,16 @@ class KafkaBus:
         deadline = time.monotonic() + self.request_timeout_s + 1.0
         self.ensure_topics(topic for topic, _, _ in records)
         producer = self._connect_producer()
-        with self._translated(f"publishing {len(records)} record(s)", self._reset):
-            futures = [producer.send(topic, key=key.encode(), value=value) for topic, key, value in records]
-            return [future.get(timeout=max(0.0, deadline - time.monotonic())).offset for future in futures]
+        offsets: list[int] = []
+        try:
+            with self._translated(f"publishing {len(records)} record(s)", self._reset):
+                futures = [producer.send(topic, key=key.encode(), value=value) for topic, key, value in records]
+                for future in futures:
+                    offsets.append(future.get(timeout=max(0.0, deadline - time.monotonic())).offset)
+        except BusUnavailableError as err:
+            err.published = len(offsets)  # the acknowledged prefix: a retry need not resend it
+            raise
+        return offsets
 
     def ensure_topics(self, topics: Iterable[str]) -> None:
         """Create those of ``topics`` that do not exist yet, with ``partitions`` partitions each."""

@@ -203,20 +203,28 @@ class OutboxBus:
             if not rows:
                 return self._drained(connection)
             if one_transaction:
-                self._send(rows)
-                _delete(connection, rows)
+                sent = self._send(rows)
+                _delete(connection, rows[:sent])
         if not one_transaction:
-            self._send(rows)
+            sent = self._send(rows)
             with self.engine.begin() as connection:
-                _delete(connection, rows)
-        self.forwarded_total += len(rows)
+                _delete(connection, rows[:sent])
+        self.forwarded_total += sent
+        if sent < len(rows):
+            raise BusUnavailableError(self._last_error or "the bus failed", published=sent)
         return True
 
-    def _send(self, rows: list[Any]) -> None:
-        self.inner.publish_many([(row.topic, row.key, bytes(row.value)) for row in rows])
+    def _send(self, rows: list[Any]) -> int:
+        """How many of ``rows`` (a prefix) the inner bus stored."""
+        try:
+            self.inner.publish_many([(row.topic, row.key, bytes(row.value)) for row in rows])
+        except BusUnavailableError as error:
+            self._note_outage(error)
+            return error.published
         if self._last_error is not None:
             log.warning("the bus answers again; forwarding the outbox")
             self._last_error = None
+        return len(rows)
 
     def _drained(self, connection: Connection) -> bool:
         """Leave outbox mode if nothing was queued meanwhile (checked under the publish lock)."""

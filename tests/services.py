@@ -44,18 +44,23 @@ def free_port() -> int:
 
 
 class TansuBroker:
-    """One Tansu broker process on its own port; it stores in memory, so a restart empties it."""
+    """One Tansu broker process on its own port; it stores in memory, so a restart empties it.
 
-    def __init__(self, binary: str, log_path: Path) -> None:
+    ``advertised_port`` is the port announced to clients (a `tests.proxy.TcpProxy`'s, so a test
+    can cut every client off the broker without losing its data); by default its own.
+    """
+
+    def __init__(self, binary: str, log_path: Path, *, advertised_port: int | None = None) -> None:
         self.binary = binary
         self.log_path = log_path
         self.port = free_port()
+        self.advertised_port = advertised_port or self.port
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap(self) -> str:
         """``host:port`` for kafka-python's ``bootstrap_servers``."""
-        return f"127.0.0.1:{self.port}"
+        return f"127.0.0.1:{self.advertised_port}"
 
     def start(self, timeout_s: float = 10.0) -> None:
         """Start the broker and return once its port accepts connections."""
@@ -65,7 +70,7 @@ class TansuBroker:
             self.binary,
             "broker",
             "--listener-url", f"tcp://127.0.0.1:{self.port}",
-            "--advertised-listener-url", f"tcp://127.0.0.1:{self.port}",
+            "--advertised-listener-url", f"tcp://127.0.0.1:{self.advertised_port}",
             "--storage-engine", "memory://tansu/",
             "--cluster-id", "bandit-router-test",
         ]  # fmt: skip

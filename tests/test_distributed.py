@@ -7,6 +7,7 @@ Learners run as `bandit-router learn` subprocesses; the API side is a `RouterSer
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -32,7 +33,7 @@ from bandit_router.learner import Learner
 from bandit_router.service import RouterService
 from bandit_router.storage import Storage, make_engine, migrate
 from bandit_router.storage.schema import AppliedFeedbackRow, DeadLetterRow
-from streams import TOPIC_DEADLETTER, TOPIC_DECISIONS, TOPIC_FEEDBACK, decode
+from streams import TOPIC_DEADLETTER, TOPIC_DECISIONS, TOPIC_FEEDBACK
 from tests.proxy import TcpProxy
 from tests.services import TansuBroker, create_database, drop_database, free_port, tansu_binary
 
@@ -55,7 +56,6 @@ TEST_SETTINGS = {
     "snapshot_every_s": 0.5,
     "learner_lease_s": 2.0,
     "kafka_timeout_s": 2.0,
-    "mlflow_enabled": False,
 }
 
 
@@ -75,18 +75,19 @@ def learner_env(**overrides: object) -> dict[str, str]:
 class LearnerProcess:
     """`bandit-router learn` in a subprocess, with its output in a log file."""
 
-    def __init__(self, settings: Settings, log_path: Path) -> None:
+    def __init__(self, settings: Settings, log_path: Path, **overrides: object) -> None:
         self.command = [
             sys.executable, "-m", "bandit_router.cli", "learn",
             "--bus", f"kafka://{settings.kafka_bootstrap}", "--database", settings.database_url,
         ]  # fmt: skip
         self.log_path = log_path
+        self.env = learner_env(**overrides)
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                self.command, cwd=REPO, env=learner_env(), stdout=log, stderr=log
+                self.command, cwd=REPO, env=self.env, stdout=log, stderr=log
             )
 
     def kill(self) -> None:
@@ -331,7 +332,7 @@ def test_malformed_records_end_in_the_dead_letter_table_and_topic(
     service.feedback(decision_id=routed.decision_id, quality=0.9)
     service.close()
 
-    learner = LearnerProcess(settings, tmp_path / "learner.log")
+    learner = LearnerProcess(settings, tmp_path / "learner.log", join_horizon_s=1.0)
     learner.start()
     try:
         wait_until(lambda: count(migrated, DeadLetterRow) >= 4, 60, "four dead letters", learner.log)
@@ -345,6 +346,8 @@ def test_malformed_records_end_in_the_dead_letter_table_and_topic(
     assert "decision/9" in reasons["k2"]
     assert "quality" in reasons["k3"]
     assert "no decision ghost arrived within the join horizon" in reasons["ghost"]
-    letters = {key: decode(value) for key, value in read_topic(kafka_broker.bootstrap, TOPIC_DEADLETTER)}
+    letters = {key: json.loads(value) for key, value in read_topic(kafka_broker.bootstrap, TOPIC_DEADLETTER)}
     assert set(letters) == set(reasons)
-    assert all(letter.reason == reasons[key] for key, letter in letters.items())  # type: ignore[union-attr]
+    for key, letter in letters.items():
+        assert letter["schema"] == "deadletter/1" and letter["reason"] == reasons[key]
+    assert letters["k1"]["payload"] == "this is not json" and letters["k1"]["source_topic"] == TOPIC_FEEDBACK

@@ -110,3 +110,26 @@ def test_bad_records_are_refused_before_anything_is_stored(engine: Engine) -> No
 
 def test_docstring_examples_run() -> None:
     assert doctest.testmod(streams.outbox).failed == 0
+
+
+def test_a_partly_acknowledged_batch_is_not_sent_twice(engine: Engine) -> None:
+    class HalfBus(FlakyBus):
+        """Stores the first two records of a write, then fails (as Kafka may mid-batch)."""
+
+        def publish_many(self, records: Sequence[tuple[str, str, bytes]]) -> list[int]:
+            if self.down and len(records) > 2:
+                InMemoryBus.publish_many(self, records[:2])
+                raise BusUnavailableError("timed out after 2 acknowledgements", published=2)
+            return super().publish_many(records)
+
+    inner = HalfBus()
+    inner.down = True
+    bus = OutboxBus(inner, engine, retry_s=0.01)
+    for i in range(6):
+        bus.publish("t", f"k{i}", str(i).encode())  # all queued: each single write fails
+    bus.notify()
+    assert not bus.flush(timeout_s=0.3)
+    inner.down = False
+    assert bus.flush(timeout_s=5)
+    assert [r.value for r in read_all(inner, "t")] == [str(i).encode() for i in range(6)]
+    bus.close()
