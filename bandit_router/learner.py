@@ -54,7 +54,8 @@ POLL_TIMEOUT_S = 0.1
 LINGER_S = 0.02
 UNKNOWN_OFFSET = -1  # a dead letter whose source offset was lost (it waited across a restart)
 YIELD_EVERY = 32  # records between yields of the GIL (a yield costs a syscall, more on a busy CPU)
-DECISION_WAIT_S = 0.1  # how long to wait for more decisions when a feedback's is not known yet
+DECISION_WAIT_S = 0.1  # one poll for more decisions when a feedback's is not known yet...
+MAX_DECISION_WAIT_S = 5.0  # ...and how long to keep polling while the bus says there are more
 
 
 class Learner:
@@ -169,14 +170,15 @@ class Learner:
         returns (none left, the records read). Feedback comes after its decision was published,
         so this finds it unless the decision never existed or comes from a lagging producer."""
         read: list[Record] = []
+        give_up = time.monotonic() + MAX_DECISION_WAIT_S
         while True:
             batch = self._decisions.poll(max_records=POLL_RECORDS, timeout_s=DECISION_WAIT_S)
             self._handle_all(batch)
             read += batch
-            if not batch:
-                return True, read
             if self._joiner.knows_decision(decision_id):
                 return False, read
+            if not batch and (self._decisions.caught_up() or time.monotonic() > give_up):
+                return True, read
 
     def _handle_all(self, records: list[Record]) -> None:
         for i, record in enumerate(records, 1):

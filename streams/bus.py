@@ -58,6 +58,11 @@ class Consumer(Protocol):
         """The (topic, partition) pairs this consumer reads."""
         ...
 
+    def caught_up(self) -> bool:
+        """Whether the records polled so far reach the end of every assigned partition, as far as
+        the consumer knows (a networked consumer may only know it as of its last fetch)."""
+        ...
+
     def close(self) -> None:
         """Stop reading; polling afterwards raises ``BusClosedError``."""
         ...

@@ -112,7 +112,7 @@ class KafkaBus:
         offsets: list[int] = []
         try:
             with self._translated(f"publishing {len(records)} record(s)", self._reset):
-                futures = [producer.send(topic, key=key.encode(), value=value) for topic, key, value in records]
+                futures = [producer.send(t, key=k.encode(), value=v) for t, k, v in records]
                 for future in futures:
                     offsets.append(future.get(timeout=max(0.0, deadline - time.monotonic())).offset)
         except BusUnavailableError as err:
@@ -272,6 +272,17 @@ class KafkaBusConsumer:
         """The (topic, partition) pairs read, by subscription order then partition."""
         pairs = sorted(self._next, key=lambda tp: (self._topics.index(tp.topic), tp.partition))
         return [(tp.topic, tp.partition) for tp in pairs]
+
+    def caught_up(self) -> bool:
+        """Whether every partition's next offset is at its end as of the last fetch (False for a
+        partition not fetched yet)."""
+        if self._kafka is None or not self._next:
+            return False
+        for tp, offset in self._next.items():
+            end = self._kafka.highwater(tp)
+            if end is None or offset < end:
+                return False
+        return True
 
     def close(self) -> None:
         """Stop reading (nothing to commit: the caller keeps the offsets)."""

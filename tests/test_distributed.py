@@ -23,7 +23,6 @@ import pytest
 from fastapi.testclient import TestClient
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from sqlalchemy import Engine, func, select, text
-from streams.kafka import KafkaBus
 
 from bandit_router.api import create_app
 from bandit_router.catalog import DEMO_CATALOG
@@ -34,6 +33,7 @@ from bandit_router.service import RouterService
 from bandit_router.storage import Storage, make_engine, migrate
 from bandit_router.storage.schema import AppliedFeedbackRow, DeadLetterRow
 from streams import TOPIC_DEADLETTER, TOPIC_DECISIONS, TOPIC_FEEDBACK
+from streams.kafka import KafkaBus
 from tests.proxy import TcpProxy
 from tests.services import TansuBroker, create_database, drop_database, free_port, tansu_binary
 
