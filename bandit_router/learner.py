@@ -54,7 +54,7 @@ POLL_TIMEOUT_S = 0.1
 LINGER_S = 0.02
 UNKNOWN_OFFSET = -1  # a dead letter whose source offset was lost (it waited across a restart)
 YIELD_EVERY = 32  # records between yields of the GIL (a yield costs a syscall, more on a busy CPU)
-DECISION_WAIT_S = 0.1  # one poll for more decisions when a feedback's is not known yet...
+DECISION_WAIT_S = 0.5  # one poll for more decisions when a feedback's is not known yet...
 MAX_DECISION_WAIT_S = 5.0  # ...and how long to keep polling while the bus says there are more
 
 
@@ -150,7 +150,7 @@ class Learner:
         exhausted = False  # no decision left to read for now
         for i, record in enumerate(feedback, 1):
             if not exhausted and not self._joiner.knows_decision(record.key):
-                exhausted, read = self._read_decisions_until(record.key)
+                exhausted, read = self._read_decisions_until(record)
                 records += read
             self._handle(record)
             if i % YIELD_EVERY == 0:
@@ -165,19 +165,27 @@ class Learner:
             self._renew()
         return len(records)
 
-    def _read_decisions_until(self, decision_id: str) -> tuple[bool, list[Record]]:
-        """Read (and handle) decisions until ``decision_id`` is among them or none are left;
-        returns (none left, the records read). Feedback comes after its decision was published,
-        so this finds it unless the decision never existed or comes from a lagging producer."""
+    def _read_decisions_until(self, feedback: Record) -> tuple[bool, list[Record]]:
+        """Read (and handle) decisions until the feedback's decision is among them or none seem
+        left; returns (none left, the records read).
+
+        A feedback is published after its decision, so this finds it unless the decision never
+        existed. "None left" is judged three ways: a decision stamped at or after the feedback was
+        read (the producers' clocks agree), or an empty poll while the bus says it is at the end
+        (as of its last fetch, which can be stale on a slow broker: hence a long poll), or
+        `MAX_DECISION_WAIT_S` passed.
+        """
         read: list[Record] = []
         give_up = time.monotonic() + MAX_DECISION_WAIT_S
         while True:
             batch = self._decisions.poll(max_records=POLL_RECORDS, timeout_s=DECISION_WAIT_S)
             self._handle_all(batch)
             read += batch
-            if self._joiner.knows_decision(decision_id):
+            if self._joiner.knows_decision(feedback.key):
                 return False, read
-            if not batch and (self._decisions.caught_up() or time.monotonic() > give_up):
+            passed = bool(batch) and max(record.ts for record in batch) >= feedback.ts
+            at_end = not batch and self._decisions.caught_up()
+            if passed or at_end or time.monotonic() > give_up:
                 return True, read
 
     def _handle_all(self, records: list[Record]) -> None:
