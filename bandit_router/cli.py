@@ -1,4 +1,5 @@
-"""The `bandit-router` command line: serve the router, upgrade its database, replay and synth.
+"""The `bandit-router` command line: serve the router, upgrade its database, replay and synth,
+evaluate policies off-policy, and open the MLflow UI.
 
 Usage errors print one line, ``bandit-router <command>: error: <what is wrong>``, and exit 2.
 """
@@ -6,6 +7,7 @@ Usage errors print one line, ``bandit-router <command>: error: <what is wrong>``
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -79,6 +81,23 @@ def _port(text: str) -> int:
     return port
 
 
+def add_mlflow_flags(parser: argparse.ArgumentParser) -> None:
+    """``--mlflow-uri URI`` (turns tracking on) and ``--no-mlflow``; see `mlflow_overrides`."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--mlflow-uri", metavar="URI",
+                       help="MLflow tracking URI (default: sqlite:///<working dir>/mlflow.db)")
+    group.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+
+
+def mlflow_overrides(args: argparse.Namespace) -> dict[str, object]:
+    """Settings overrides from `add_mlflow_flags`' flags (empty when neither was given)."""
+    if args.no_mlflow:
+        return {"mlflow_enabled": False}
+    if args.mlflow_uri is not None:
+        return {"mlflow_enabled": True, "mlflow_uri": args.mlflow_uri}
+    return {}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bandit-router", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -95,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="SQLAlchemy URL (default sqlite:///bandit-router.db in this folder)")
     serve.add_argument("--policy", choices=POLICY_NAMES, help="the serving policy")
     serve.add_argument("--config", metavar="FILE", help="TOML settings file")
+    add_mlflow_flags(serve)
 
     database = commands.add_parser("db", help="database maintenance")
     db_commands = database.add_subparsers(dest="db_command", required=True, parser_class=_Parser)
@@ -117,6 +137,29 @@ def build_parser() -> argparse.ArgumentParser:
                              "dearest model in the file)")
     replay.add_argument("--dim", type=_positive_int, default=256, help="feature dimension")
     replay.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_mlflow_flags(replay)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="off-policy evaluation of every policy on logged decisions (table + PNG)",
+        description="Estimate what each policy's current snapshot would have earned on the logged "
+        "decisions (IPS, SNIPS, doubly robust, with standard errors).",
+    )
+    evaluate.add_argument("--since", metavar="WHEN",
+                          help="only decisions from then on: an age (30m, 2h, 7d) or an ISO "
+                               "date/time (2024-12-01, 2024-12-01T08:00; UTC unless a zone is "
+                               "given); default: all")
+    evaluate.add_argument("--out", metavar="DIR",
+                          help="also write evaluation.json, evaluation.md, evaluation.png here")
+    evaluate.add_argument("--database", metavar="URL", help="SQLAlchemy URL (default from config)")
+    evaluate.add_argument("--config", metavar="FILE", help="TOML settings file")
+
+    ui = commands.add_parser("ui", help="start the MLflow UI on the tracking store")
+    ui.add_argument("--mlflow-uri", metavar="URI",
+                    help="tracking store (default: sqlite:///<working dir>/mlflow.db)")
+    ui.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
+    ui.add_argument("--port", type=_port, default=5000, help="TCP port (default 5000)")
+    ui.add_argument("--config", metavar="FILE", help="TOML settings file")
 
     synth = commands.add_parser("synth", help="write a synthetic routing dataset")
     synth.add_argument("--models", type=int, default=6, help="number of models, 2 to 8")
@@ -139,10 +182,17 @@ def _replay(args: argparse.Namespace) -> None:
         cost_scale=args.cost_scale,
         dim=args.dim,
     )
+    settings = _settings(args, **mlflow_overrides(args))
     results = replay(dataset, config, progress=not args.quiet)
     out = write_report(results, args.out, title=f"replay of {args.data}")
     print((out / "results.md").read_text())
     print(f"wrote {out}/results.json, results.md, regret.png, frontier.png")
+    if settings.mlflow_enabled:  # type: ignore[attr-defined]
+        from bandit_router.tracking import log_replay
+
+        uri = settings.mlflow_uri  # type: ignore[attr-defined]
+        runs = log_replay(results, uri, args.data)
+        print(f"logged {len(runs)} MLflow runs to {uri} (see them with: bandit-router ui)")
 
 
 def _synth(args: argparse.Namespace) -> None:
@@ -157,7 +207,7 @@ def _settings(args: argparse.Namespace, **flags: object) -> object:
     from bandit_router.config import load_settings
 
     overrides = {name: value for name, value in flags.items() if value is not None}
-    return load_settings(args.config, **overrides)
+    return load_settings(getattr(args, "config", None), **overrides)
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -171,6 +221,7 @@ def _serve(args: argparse.Namespace) -> None:
         port=args.port,
         database_url=args.database,
         serving_policy=args.policy,
+        **mlflow_overrides(args),
     )
     app = create_app(settings)  # type: ignore[arg-type]
     # One worker: the embedded learner and its policies live in this process.
@@ -193,6 +244,52 @@ def _db(args: argparse.Namespace) -> None:
     print(f"database {url} is at schema revision {revision}")
 
 
+def _evaluate(args: argparse.Namespace) -> None:
+    from bandit_router.evaluate import evaluate, markdown, parse_since, read_logged, write_evaluation
+    from bandit_router.featurizer import Featurizer
+    from bandit_router.policy_set import PolicySet
+    from bandit_router.storage import Storage, check_schema, make_engine
+    from streams.embedded import EmbeddedBus
+
+    settings = _settings(args, database_url=args.database)
+    since = None if args.since is None else parse_since(args.since)
+    if settings.bus != "embedded":  # type: ignore[attr-defined]
+        raise UsageError("evaluate reads the embedded bus only in this version; set bus = 'embedded'")
+    engine = make_engine(settings.database_url)  # type: ignore[attr-defined]
+    try:
+        check_schema(engine)
+        storage = Storage(engine)
+        policies = PolicySet.load(
+            settings,  # type: ignore[arg-type]
+            Featurizer(settings.feature_dim),  # type: ignore[attr-defined]
+            storage.list_models(),
+            storage.newest_snapshots(),
+        )
+        stored = storage.config_value("serving_policy")
+        if stored in policies:
+            policies.serving = stored
+        bus = EmbeddedBus(engine)
+        try:
+            results = evaluate(read_logged(bus), policies, since)
+        finally:
+            bus.close()
+    finally:
+        engine.dispose()
+    print(markdown(results))
+    if args.out:
+        out = write_evaluation(results, args.out)
+        print(f"wrote {out}/evaluation.json, evaluation.md, evaluation.png")
+
+
+def _ui(args: argparse.Namespace) -> None:
+    settings = _settings(args, mlflow_uri=args.mlflow_uri)
+    uri = settings.mlflow_uri  # type: ignore[attr-defined]
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+               "--host", args.host, "--port", str(args.port)]
+    print(f"MLflow UI on http://{args.host}:{args.port} for {uri} (Ctrl-C stops it)", flush=True)
+    os.execv(sys.executable, command)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `bandit-router` console script; returns the exit code."""
     parser = build_parser()
@@ -203,7 +300,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The policies' matrices are small (d ~ 257): a multi-threaded BLAS spends more on waking
         # threads than on the arithmetic, up to 10x slower on a busy machine. One thread each.
         with threadpool_limits(limits=1, user_api="blas"):
-            commands = {"replay": _replay, "synth": _synth, "serve": _serve, "db": _db}
+            commands = {
+                "replay": _replay,
+                "synth": _synth,
+                "serve": _serve,
+                "db": _db,
+                "evaluate": _evaluate,
+                "ui": _ui,
+            }
             commands[args.command](args)
     except (UsageError, DatasetError, ValueError, OSError, StorageError) as err:
         message = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())

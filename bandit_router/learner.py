@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from bandit_router.config import Settings
 from bandit_router.featurizer import Featurizer
@@ -38,6 +39,9 @@ from streams import (
     encode,
 )
 from streams.joiner import DEFAULT_DECISION_TTL_S
+
+if TYPE_CHECKING:
+    from bandit_router.tracking import LearnerTracker
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +77,10 @@ class Learner:
         *,
         group: str = GROUP,
         clock: Callable[[], float] = time.time,
+        tracker: LearnerTracker | None = None,
     ) -> None:
         self.settings = settings
+        self.tracker = tracker  # MLflow metrics; sees each event before the policies learn it
         self.storage = storage
         self.policies = policies
         self.group = group
@@ -110,11 +116,14 @@ class Learner:
         *,
         group: str = GROUP,
         clock: Callable[[], float] = time.time,
+        tracker: LearnerTracker | None = None,
     ) -> Learner:
         """A learner resumed from the last checkpoint of ``group``, policies included."""
         checkpoint = storage.load_checkpoint(group)
         policies = PolicySet.load(settings, featurizer, storage.list_models(), checkpoint.snapshots)
-        return cls(settings, storage, bus, policies, checkpoint, group=group, clock=clock)
+        return cls(
+            settings, storage, bus, policies, checkpoint, group=group, clock=clock, tracker=tracker
+        )
 
     # --- the loop --------------------------------------------------------------------------------
     def run_once(self, timeout_s: float = POLL_TIMEOUT_S) -> int:
@@ -140,9 +149,11 @@ class Learner:
         self.close()
 
     def close(self) -> None:
-        """Commit what is left and stop reading."""
+        """Commit what is left, stop reading and finish the MLflow run."""
         self.commit()
         self._consumer.close()
+        if self.tracker is not None:
+            self.tracker.close()
 
     def commit(self) -> None:
         """Write everything since the last commit, with changed policies' snapshots, atomically."""
@@ -176,6 +187,8 @@ class Learner:
         self.dead_letters_total += len(self._dead_letters)
         self.commits_total += 1
         self._reset_batch()
+        if self.tracker is not None:
+            self.tracker.flush(self.policies.serving)
 
     # --- one record ------------------------------------------------------------------------------
     def _handle(self, record: Record) -> None:
@@ -233,6 +246,8 @@ class Learner:
         with self.policies.lock:
             if any(arm not in policy.arm_index for _, policy in self.policies.items()):
                 self.policies.ensure_arm(arm, prior_outcome(self.storage.get_model(arm, True)))
+            if self.tracker is not None:
+                self.tracker.observe(self.policies, decision, x, outcome)
             for _, policy in self.policies.items():
                 policy.update(x, arm, outcome, preference, decision.propensity)
             version = self.policies.serving_policy.updates

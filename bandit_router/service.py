@@ -8,6 +8,7 @@ Postgres), so the same code paths serve both deployments.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -27,6 +28,7 @@ from bandit_router.catalog import (
 from bandit_router.config import ConfigError, Settings
 from bandit_router.featurizer import Featurizer
 from bandit_router.learner import Learner, LearnerThread
+from bandit_router.policy_factory import POLICY_NAMES
 from bandit_router.policy_set import PolicySet, prior_outcome
 from bandit_router.storage import Storage, check_schema, make_engine, migrate
 from policies import LinearPolicy, Preference
@@ -45,6 +47,9 @@ from streams import (
 from streams.embedded import EmbeddedBus
 
 MAX_FEATURE_MAGNITUDE = 1e6  # larger context values overflow the policies' quadratic forms
+SERVING_POLICY = "serving_policy"  # the service_config key of the operator's serving choice
+
+log = logging.getLogger(__name__)
 
 
 class ServiceError(Exception):
@@ -169,7 +174,23 @@ class RouterService:
         if bus is None:
             bus = EmbeddedBus(engine, clock)
         featurizer = Featurizer(settings.feature_dim)
-        learner = Learner.open(settings, storage, bus, featurizer, clock=clock)
+        tracker = None
+        if settings.mlflow_enabled:
+            from bandit_router.tracking import LearnerTracker
+
+            models = [model.name for model in storage.list_models()]
+            tracker = LearnerTracker.start(settings, models, group="learner")
+        learner = Learner.open(settings, storage, bus, featurizer, clock=clock, tracker=tracker)
+        stored = storage.config_value(SERVING_POLICY)
+        if stored in learner.policies:
+            learner.policies.serving = stored
+        elif stored is not None:
+            log.warning(
+                "the stored serving policy %r is not among policies %s; serving %r",
+                stored,
+                settings.policies,
+                settings.serving_policy,
+            )
         service = cls(
             settings,
             storage,
@@ -193,6 +214,8 @@ class RouterService:
         """Stop the learner after its final commit and release the bus."""
         if self.learner_thread is not None:
             self.learner_thread.stop()
+        elif self.learner is not None and self.learner.tracker is not None:
+            self.learner.tracker.close()  # the learner never ran, so never closed its run
         self.bus.close()
         if self._owns_engine and self.engine is not None:
             self.engine.dispose()
@@ -460,6 +483,23 @@ class RouterService:
                 }
                 for name, policy in self.policies.items()
             ]
+
+    def set_serving_policy(self, name: str) -> str:
+        """Serve ``name`` from now on (it must be one of the learning policies); stored in the
+        database so it survives restarts and other replicas pick it up. Returns the previous one."""
+        if name not in self.policies:
+            known = ", ".join(self.policies)
+            if name in POLICY_NAMES:
+                message = f"policy {name!r} does not learn in this deployment; choose from {known}"
+            else:
+                message = f"unknown policy {name!r}; choose from {known}"
+            raise InvalidRequestError("policy", message)
+        with self.policies.lock:
+            previous = self.policies.serving
+            self.storage.set_config_value(SERVING_POLICY, name)
+            self.policies.serving = name
+        log.info("serving policy switched from %s to %s", previous, name)
+        return previous
 
     def stats(self) -> dict[str, int]:
         """Committed totals (decisions and feedback as the learner consumed them) and the serving

@@ -1,4 +1,5 @@
-"""Shared fixtures: paths to the real routing data beside the checkout and a small CSV writer."""
+"""Shared fixtures: paths to the real routing data beside the checkout, and MLflow off unless a test
+turns it on."""
 
 from __future__ import annotations
 
@@ -9,6 +10,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = REPO.parent / "shared" / "data" / "routellm" / "mmlu_gsm8k_dev.csv"
 SAMPLE_DATA = REPO / "data" / "routellm_sample.csv"
+
+
+@pytest.fixture(autouse=True)
+def no_mlflow_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never log to MLflow (nor create mlflow.db in the checkout) unless they ask to."""
+    monkeypatch.setenv("BANDIT_ROUTER_MLFLOW_ENABLED", "false")
 
 
 @pytest.fixture(scope="session")

@@ -45,6 +45,7 @@ OWN_TABLES = {
     "applied_feedback",
     "dead_letters",
     "counters",
+    "service_config",
 }
 
 
@@ -103,7 +104,7 @@ def assert_same_state(actual: dict[str, np.ndarray], expected: dict[str, np.ndar
 
 def test_migrate_creates_every_table_and_is_idempotent(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'fresh.db'}"
-    assert migrate(url) == head_revision() == "0001"
+    assert migrate(url) == head_revision() == "0002_service_config"
     engine = make_engine(url)
     try:
         tables = set(inspect(engine).get_table_names())
@@ -111,12 +112,12 @@ def test_migrate_creates_every_table_and_is_idempotent(tmp_path: Path) -> None:
         with engine.begin() as connection:
             connection.execute(text("INSERT INTO counters (name, value) VALUES ('decisions', 7)"))
 
-        assert upgrade(engine) == "0001"  # again, through the alias and an engine: a no-op
+        assert upgrade(engine) == "0002_service_config"  # again, through the alias and an engine: a no-op
 
         assert set(inspect(engine).get_table_names()) == tables
         with engine.connect() as connection:
             assert connection.execute(text("SELECT version_num FROM alembic_version")).all() == [
-                ("0001",)
+                ("0002_service_config",)
             ]
             assert connection.execute(text("SELECT value FROM counters")).scalar_one() == 7
         check_schema(engine)
@@ -194,7 +195,7 @@ def test_make_engine_names_a_missing_folder(tmp_path: Path) -> None:
 def test_check_schema_asks_for_an_upgrade_on_an_unmigrated_database(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'empty.db'}")
     try:
-        with pytest.raises(SchemaNotCurrentError, match=r"\(none\).*needs 0001.*db upgrade"):
+        with pytest.raises(SchemaNotCurrentError, match=r"\(none\).*needs 0002_service_config.*db upgrade"):
             check_schema(engine)
     finally:
         engine.dispose()
@@ -519,3 +520,16 @@ def test_stats_and_counters(storage: Storage) -> None:
         "pending_decisions": 3,
         "waiting_feedback": 1,
     }
+
+
+def test_service_config_values_are_stored_replaced_and_stamped(
+    storage: Storage, engine: Engine, clock: FakeClock
+) -> None:
+    assert storage.config_value("serving_policy") is None
+    storage.set_config_value("serving_policy", "lints")
+    clock.now += 5
+    storage.set_config_value("serving_policy", "random")
+    assert storage.config_value("serving_policy") == "random"
+    with engine.connect() as connection:
+        rows = connection.execute(text("SELECT key, value, updated_at FROM service_config")).all()
+    assert rows == [("serving_policy", "random", clock.now)]

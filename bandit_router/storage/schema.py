@@ -141,6 +141,17 @@ class CounterRow(Base):
     value: Mapped[int] = mapped_column(BigInteger)
 
 
+class ServiceConfigRow(Base):
+    """An operator's run-time choice that outlives the process and reaches every replica
+    (``serving_policy``), as text under a key."""
+
+    __tablename__ = "service_config"
+
+    key: Mapped[str] = mapped_column(String(NAME_LENGTH), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
 def include_object(
     obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
 ) -> bool:

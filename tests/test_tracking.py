@@ -1,0 +1,118 @@
+"""MLflow tracking read back with MlflowClient: one run per replayed policy whose last values are the
+replay's results, and the embedded service's live metrics, shadow-policy estimates included."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from bandit_router.catalog import CatalogModel, typical_cost
+from bandit_router.cli import main
+from bandit_router.service import RouterService
+from bandit_router.tracking import LEARNER_EXPERIMENT, REPLAY_EXPERIMENT
+from policies import Outcome, Preference, Scales, utility
+from tests.api_support import settings_for, wait_for
+from tests.conftest import SAMPLE_DATA
+
+# Three models whose quality does not depend on the prompt: every policy's true value is known.
+MODELS = (
+    CatalogModel("small", price_per_call=0.0002, prior_quality=0.5),
+    CatalogModel("medium", price_per_call=0.002, prior_quality=0.5),
+    CatalogModel("large", price_per_call=0.01, prior_quality=0.5),
+)
+QUALITY = {"small": 0.3, "medium": 0.75, "large": 0.8}
+PAIRS = 2000
+
+
+def test_replay_logs_one_run_per_policy_ending_at_its_results(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "out"
+    code = main(["replay", str(SAMPLE_DATA), "--policies", "linucb,random", "--cost-weights", "0.2",
+                 "--limit", "400", "--dim", "64", "--out", str(out), "--quiet", "--mlflow-uri", uri])
+    assert code == 0, capsys.readouterr().err
+    assert "logged 2 MLflow runs" in capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(REPLAY_EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id])
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(runs) == 3 and sorted(r.data.params["policy"] for r in children) == ["linucb", "random"]
+    for run in children:
+        expected = next(r for r in results["runs"] if r["policy"] == run.data.params["policy"])
+        for metric in ("regret", "utility", "quality", "cost"):
+            history = client.get_metric_history(run.info.run_id, metric)
+            steps = [m.step for m in history]
+            assert len(history) >= 100 and steps == sorted(steps) and steps[-1] == 400
+            assert history[-1].value == pytest.approx(expected[metric], rel=1e-12, abs=1e-12)
+        shares = {k: v for k, v in run.data.metrics.items() if k.startswith("share.")}
+        assert sum(shares.values()) == pytest.approx(1.0)
+        assert shares == {f"share.{m}": n / 400 for m, n in expected["choices"].items()}
+
+
+def test_no_mlflow_logs_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BANDIT_ROUTER_MLFLOW_ENABLED", "true")
+    code = main(["replay", str(SAMPLE_DATA), "--limit", "50", "--dim", "64", "--quiet", "--no-mlflow",
+                 "--out", str(tmp_path / "out")])
+    assert code == 0 and "MLflow" not in capsys.readouterr().out
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def true_value(preference: Preference, scales: Scales, probabilities: dict[str, float]) -> float:
+    """The mean utility of routing to each model with the given probability."""
+    return sum(
+        probabilities[m.name] * utility(Outcome(QUALITY[m.name], typical_cost(m)), preference, scales)
+        for m in MODELS
+    )
+
+
+def test_embedded_service_logs_live_metrics_and_shadow_estimates(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    settings = settings_for(tmp_path, mlflow_enabled=True, mlflow_uri=uri, ope_sample_every=4)
+    service = RouterService.open(settings, seed_models=MODELS)
+    service.start()
+    rng = np.random.default_rng(0)
+    utilities = []
+    scales = service.policies.serving_policy.scales
+    preference = Preference.from_cost_weight(settings.default_cost_weight)
+    try:
+        run_id = service.learner.tracker.run.wait_started()
+        assert run_id is not None, service.learner.tracker.run.error
+        for _ in range(PAIRS):
+            routed = service.route(features=rng.normal(size=settings.feature_dim).tolist())
+            quality = QUALITY[routed.model]
+            service.feedback(decision_id=routed.decision_id, quality=quality)
+            cost = typical_cost(next(m for m in MODELS if m.name == routed.model))
+            utilities.append(utility(Outcome(quality, cost), preference, scales))
+        client = MlflowClient(uri)
+
+        def logged_everything():
+            history = client.get_metric_history(run_id, "utility")
+            return history and history[-1].step == PAIRS
+
+        wait_for(logged_everything, timeout_s=60)  # read while the service still serves
+    finally:
+        service.close()
+
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.params["catalog"] == "large,medium,small"
+    assert run.info.experiment_id == client.get_experiment_by_name(LEARNER_EXPERIMENT).experiment_id
+    metrics = run.data.metrics
+    assert metrics["utility"] == pytest.approx(np.mean(utilities), abs=1e-9)
+    assert sum(v for k, v in metrics.items() if k.startswith("share.")) == pytest.approx(1.0)
+    assert metrics["ope.rows"] == PAIRS // 4
+    uniform = true_value(preference, scales, {m.name: 1 / 3 for m in MODELS})
+    for policy in settings.policies:
+        for estimator in ("snips", "dr"):
+            assert metrics[f"ope.{policy}.{estimator}_se"] > 0
+            assert len(client.get_metric_history(run_id, f"ope.{policy}.{estimator}")) >= 2
+    # The uniform policy never learns: its estimates must cover its known true value.
+    for estimator in ("snips", "dr"):
+        value, se = metrics[f"ope.random.{estimator}"], metrics[f"ope.random.{estimator}_se"]
+        assert abs(value - uniform) < 4 * se, (estimator, value, se, uniform)
+    # Shadow policies that learned find the better models: above uniform routing.
+    assert metrics["ope.linucb.snips"] > uniform
