@@ -163,15 +163,16 @@ def markdown(results: dict[str, Any]) -> str:
         "feature length). Value = estimated mean utility per request; +- one standard error.",
         "A policy that already learned from these decisions is rated optimistically; compare the "
         "live, progressive `ope.*` metrics in MLflow.",
+    ]
+    if logged["utility"] is not None:
+        mix = ", ".join(f"{k}: {v}" for k, v in sorted(logged["policies"].items()))
+        lines += ["", f"Observed mean utility of the logged choices ({mix}): "
+                  f"{_cell(logged['utility'], logged['stderr'])}."]
+    lines += [
         "",
         "| policy | serving | events learned | IPS | SNIPS | DR |",
         "|---|---|---:|---:|---:|---:|",
     ]
-    if logged["utility"] is not None:
-        mix = ", ".join(f"{k}: {v}" for k, v in sorted(logged["policies"].items()))
-        lines.append(
-            f"| logged (observed; {mix}) | | | {_cell(logged['utility'], logged['stderr'])} | | |"
-        )
     for entry in results["policies"]:
         cells = [
             _cell(entry[e]["value"], entry[e]["stderr"]) if e in entry else "n/a" for e in ESTIMATORS
@@ -215,7 +216,7 @@ def write_evaluation(results: dict[str, Any], out: str | Path) -> Path:
     ax.set_ylabel("estimated mean utility (95% interval)")
     ax.set_title(f"off-policy evaluation on {results['rows']} logged decisions")
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower left", framealpha=0.9)
     fig.tight_layout()
     fig.savefig(out / "evaluation.png", dpi=110)
     plt.close(fig)

@@ -9,21 +9,14 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from bandit_router.catalog import CatalogModel, typical_cost
+from bandit_router.catalog import typical_cost
 from bandit_router.cli import main
 from bandit_router.service import RouterService
 from bandit_router.tracking import LEARNER_EXPERIMENT, REPLAY_EXPERIMENT
-from policies import Outcome, Preference, Scales, utility
-from tests.api_support import settings_for, wait_for
+from policies import Outcome, Preference, utility
+from tests.api_support import MODELS, QUALITY, settings_for, true_value, wait_for
 from tests.conftest import SAMPLE_DATA
 
-# Three models whose quality does not depend on the prompt: every policy's true value is known.
-MODELS = (
-    CatalogModel("small", price_per_call=0.0002, prior_quality=0.5),
-    CatalogModel("medium", price_per_call=0.002, prior_quality=0.5),
-    CatalogModel("large", price_per_call=0.01, prior_quality=0.5),
-)
-QUALITY = {"small": 0.3, "medium": 0.75, "large": 0.8}
 PAIRS = 2000
 
 
@@ -60,14 +53,6 @@ def test_no_mlflow_logs_nothing(tmp_path, capsys, monkeypatch):
                  "--out", str(tmp_path / "out")])
     assert code == 0 and "MLflow" not in capsys.readouterr().out
     assert not (tmp_path / "mlflow.db").exists()
-
-
-def true_value(preference: Preference, scales: Scales, probabilities: dict[str, float]) -> float:
-    """The mean utility of routing to each model with the given probability."""
-    return sum(
-        probabilities[m.name] * utility(Outcome(QUALITY[m.name], typical_cost(m)), preference, scales)
-        for m in MODELS
-    )
 
 
 def test_embedded_service_logs_live_metrics_and_shadow_estimates(tmp_path):
