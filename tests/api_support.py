@@ -31,10 +31,8 @@ QUALITY = {"small": 0.3, "medium": 0.75, "large": 0.8}
 
 def true_value(preference: Preference, scales: Scales, probabilities: dict[str, float]) -> float:
     """The mean utility of routing to each model with the given probability."""
-    return sum(
-        probabilities.get(m.name, 0.0) * utility(Outcome(QUALITY[m.name], typical_cost(m)), preference, scales)
-        for m in MODELS
-    )
+    outcomes = {m.name: Outcome(QUALITY[m.name], typical_cost(m)) for m in MODELS}
+    return sum(p * utility(outcomes[name], preference, scales) for name, p in probabilities.items())
 
 
 def settings_for(tmp_path: Path, **overrides: Any) -> Settings:
