@@ -131,7 +131,7 @@ class Settings(BaseSettings):
         "directory (absolute path), e.g. http://mlflow:5000 for a tracking server.",
     )
     ope_sample_every: int = Field(
-        10,
+        20,
         ge=1,
         description="The learner computes every policy's probabilities for the live off-policy "
         "estimates on one event in this many (1: every event; more: less learner overhead).",

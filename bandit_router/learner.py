@@ -247,7 +247,7 @@ class Learner:
             if any(arm not in policy.arm_index for _, policy in self.policies.items()):
                 self.policies.ensure_arm(arm, prior_outcome(self.storage.get_model(arm, True)))
             if self.tracker is not None:
-                self.tracker.observe(self.policies, decision, x, outcome)
+                self.tracker.observe(self.policies, decision, x, outcome, preference)
             for _, policy in self.policies.items():
                 policy.update(x, arm, outcome, preference, decision.propensity)
             version = self.policies.serving_policy.updates

@@ -24,7 +24,7 @@ from sqlalchemy.engine import make_url
 from bandit_router.config import Settings
 from bandit_router.ope import OffPolicyLog, reward_model
 from bandit_router.policy_factory import PolicyParams
-from policies import Outcome, Preference, utility
+from policies import Outcome, Preference, Scales, normalize_columns, utilities, utility
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 LEARNER_EXPERIMENT = "bandit-router"
 REPLAY_EXPERIMENT = "bandit-router-replay"
 BATCH_LIMIT = 1000  # metrics per log_batch call (MLflow's own limit)
-MOVING_AVERAGE_EVENTS = 1000  # span of the exponential moving average of utility
+MOVING_AVERAGE_EVENTS = 1000  # utility_ma is the mean utility of this many newest events
 OPE_WINDOW = 10_000  # sampled events the live off-policy estimates are computed over (the newest)
 
 
@@ -150,15 +150,16 @@ class MlflowRun:
 
 
 class LearnerTracker:
-    """The learner's side of tracking: per event a few running sums (cheap), on one event in
-    ``sample_every`` every policy's probabilities for the off-policy estimates; at each commit one
-    batch of metrics (step = events applied by this process) handed to an `MlflowRun`.
+    """The learner's side of tracking: per event a few list appends (cheap); on one event in
+    ``sample_every`` every policy's probabilities for the off-policy estimates; at each commit the
+    metrics, computed vectorised, handed to an `MlflowRun` (step = events applied by this process).
 
-    Metrics: ``utility`` (cumulative mean), ``utility_ma`` (moving average over ~1,000 events),
-    ``quality``, ``cost`` (USD per call), ``latency_ms``, ``share.<model>``, and per policy
-    ``ope.<policy>.snips``/``.dr`` with ``_se`` standard errors over the newest `OPE_WINDOW` sampled
-    events. Each estimate uses the policy's probabilities *before* it learned from the event
-    (progressive validation), so it is unbiased for the policy as it was at that moment.
+    Metrics: ``utility`` (cumulative mean), ``utility_ma`` (mean of the newest
+    `MOVING_AVERAGE_EVENTS`), ``quality``, ``cost`` (USD per call), ``latency_ms``,
+    ``share.<model>``, and per policy ``ope.<policy>.snips``/``.dr`` with ``_se`` standard errors
+    over the newest `OPE_WINDOW` sampled events. Each estimate uses the policy's probabilities
+    *before* it learned from the event (progressive validation), so it is unbiased for the policy
+    as it was at that moment.
     """
 
     def __init__(self, run: MlflowRun, policies: Sequence[str], sample_every: int) -> None:
@@ -169,10 +170,12 @@ class LearnerTracker:
         self.ope = OffPolicyLog(policies, capacity=OPE_WINDOW)
         self.events = 0
         self._logged_at = 0
-        self._alpha = 2.0 / (MOVING_AVERAGE_EVENTS + 1)
+        # Since the last flush: one entry per event (turned into utilities at the flush).
+        self._batch: list[tuple[float, float, float, tuple[float, float, float], str]] = []
+        self._scales: Scales | None = None
+        self._recent = np.zeros(0)
         self._sums = {"utility": 0.0, "quality": 0.0, "cost": 0.0, "latency_ms": 0.0}
         self._known = {"cost": 0, "latency_ms": 0}
-        self._moving = 0.0
         self._chosen: dict[str, int] = {}
         self._has_model = False
         self._serving = ""
@@ -196,38 +199,43 @@ class LearnerTracker:
         run = MlflowRun(settings.mlflow_uri, LEARNER_EXPERIMENT, name, params, {"component": "learner"})
         return cls(run, settings.policies, settings.ope_sample_every)
 
-    def observe(self, policies: PolicySet, decision: DecisionEvent, x: np.ndarray, outcome: Outcome) -> None:
+    def observe(
+        self,
+        policies: PolicySet,
+        decision: DecisionEvent,
+        x: np.ndarray,
+        outcome: Outcome,
+        preference: Preference,
+    ) -> None:
         """Account one joined event; call it under ``policies.lock`` before any policy learns it."""
-        preference = Preference(*decision.preference)
-        value = utility(outcome, preference, policies.serving_policy.scales)
         self.events += 1
-        sums = self._sums
-        sums["utility"] += value
-        sums["quality"] += outcome.quality
-        if outcome.cost is not None:
-            sums["cost"] += outcome.cost
-            self._known["cost"] += 1
-        if outcome.latency_ms is not None:
-            sums["latency_ms"] += outcome.latency_ms
-            self._known["latency_ms"] += 1
-        self._moving = value if self.events == 1 else self._moving + self._alpha * (value - self._moving)
-        self._chosen[decision.chosen] = self._chosen.get(decision.chosen, 0) + 1
+        self._batch.append((
+            outcome.quality,
+            np.nan if outcome.cost is None else outcome.cost,
+            np.nan if outcome.latency_ms is None else outcome.latency_ms,
+            decision.preference,
+            decision.chosen,
+        ))
+        if self._scales is None:
+            self._scales = policies.serving_policy.scales
         if self.events % self.sample_every == 0:
             model = reward_model(policies.policies)
             chosen = decision.arms.index(decision.chosen)
+            reward = utility(outcome, preference, self._scales)
             if self.ope.add(
-                policies.policies, model, x, decision.arms, preference, chosen, decision.propensity, value
+                policies.policies, model, x, decision.arms, preference, chosen, decision.propensity, reward
             ):
                 self._has_model = model is not None
 
     def metrics(self) -> dict[str, float]:
         """The current values of every metric (empty before the first event)."""
+        self._absorb()
         n = self.events
         if n == 0:
             return {}
         values = {
             "utility": self._sums["utility"] / n,
-            "utility_ma": self._moving,
+            "utility_ma": float(self._recent.mean()),
             "quality": self._sums["quality"] / n,
         }
         for key in ("cost", "latency_ms"):
@@ -254,6 +262,29 @@ class LearnerTracker:
     def close(self) -> None:
         """Finish the run (the learner has flushed its last commit)."""
         self.run.close()
+
+    def _absorb(self) -> None:
+        """Fold the events since the last flush into the totals, vectorised."""
+        if not self._batch or self._scales is None:
+            return
+        quality, cost, latency, weights, chosen = zip(*self._batch, strict=True)
+        self._batch = []
+        normalized = normalize_columns(np.array(quality), np.array(cost), np.array(latency), self._scales)
+        values = np.empty(len(quality))
+        rows_of: dict[tuple[float, float, float], list[int]] = {}
+        for row, weight in enumerate(weights):
+            rows_of.setdefault(weight, []).append(row)
+        for weight, rows in rows_of.items():  # requests share a few preferences
+            values[rows] = utilities(normalized[rows], Preference(*weight))
+        self._recent = np.concatenate([self._recent, values])[-MOVING_AVERAGE_EVENTS:]
+        self._sums["utility"] += float(values.sum())
+        self._sums["quality"] += float(np.sum(quality))
+        for key, column in (("cost", np.array(cost)), ("latency_ms", np.array(latency))):
+            known = ~np.isnan(column)
+            self._sums[key] += float(column[known].sum())
+            self._known[key] += int(known.sum())
+        for model in chosen:
+            self._chosen[model] = self._chosen.get(model, 0) + 1
 
 
 def log_replay(results: Mapping[str, Any], uri: str, dataset: str) -> list[str]:
