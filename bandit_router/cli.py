@@ -159,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="tracking store (default: sqlite:///<working dir>/mlflow.db)")
     ui.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
     ui.add_argument("--port", type=_port, default=5000, help="TCP port (default 5000)")
+    ui.add_argument("--workers", type=_positive_int, default=1,
+                    help="server processes (default 1; each takes seconds to start)")
     ui.add_argument("--config", metavar="FILE", help="TOML settings file")
 
     synth = commands.add_parser("synth", help="write a synthetic routing dataset")
@@ -285,7 +287,7 @@ def _ui(args: argparse.Namespace) -> None:
     settings = _settings(args, mlflow_uri=args.mlflow_uri)
     uri = settings.mlflow_uri  # type: ignore[attr-defined]
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-               "--host", args.host, "--port", str(args.port)]
+               "--host", args.host, "--port", str(args.port), "--workers", str(args.workers)]
     print(f"MLflow UI on http://{args.host}:{args.port} for {uri} (Ctrl-C stops it)", flush=True)
     os.execv(sys.executable, command)
 

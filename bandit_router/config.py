@@ -130,6 +130,12 @@ class Settings(BaseSettings):
         description="MLflow tracking URI; default: the SQLite store mlflow.db in the working "
         "directory (absolute path), e.g. http://mlflow:5000 for a tracking server.",
     )
+    mlflow_log_every_s: float = Field(
+        5.0,
+        ge=0.0,
+        description="The learner sends its metrics to MLflow after a commit at most this often "
+        "(0: after every commit).",
+    )
     ope_sample_every: int = Field(
         20,
         ge=1,

@@ -13,7 +13,7 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -151,8 +151,10 @@ class MlflowRun:
 
 class LearnerTracker:
     """The learner's side of tracking: per event a few list appends (cheap); on one event in
-    ``sample_every`` every policy's probabilities for the off-policy estimates; at each commit the
-    metrics, computed vectorised, handed to an `MlflowRun` (step = events applied by this process).
+    ``sample_every`` every policy's probabilities for the off-policy estimates; after a commit, at
+    most once per ``log_every_s``, the metrics, computed vectorised, handed to an `MlflowRun`
+    (step = events applied by this process). MLflow's own writes cost CPU (and the GIL) too, which
+    is why they are rate-limited rather than sent at every commit.
 
     Metrics: ``utility`` (cumulative mean), ``utility_ma`` (mean of the newest
     `MOVING_AVERAGE_EVENTS`), ``quality``, ``cost`` (USD per call), ``latency_ms``,
@@ -162,11 +164,21 @@ class LearnerTracker:
     as it was at that moment.
     """
 
-    def __init__(self, run: MlflowRun, policies: Sequence[str], sample_every: int) -> None:
+    def __init__(
+        self,
+        run: MlflowRun,
+        policies: Sequence[str],
+        sample_every: int,
+        log_every_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if sample_every < 1:
             raise ValueError(f"sample_every must be >= 1, got {sample_every}")
         self.run = run
         self.sample_every = sample_every
+        self.log_every_s = log_every_s
+        self._clock = clock
+        self._last_log = -float("inf")
         self.ope = OffPolicyLog(policies, capacity=OPE_WINDOW)
         self.events = 0
         self._logged_at = 0
@@ -197,7 +209,7 @@ class LearnerTracker:
         } | {f"policy.{k}": v for k, v in asdict(PolicyParams(floor=settings.floor)).items()}
         name = f"learner {group} {socket.gethostname()} pid {os.getpid()}"
         run = MlflowRun(settings.mlflow_uri, LEARNER_EXPERIMENT, name, params, {"component": "learner"})
-        return cls(run, settings.policies, settings.ope_sample_every)
+        return cls(run, settings.policies, settings.ope_sample_every, settings.mlflow_log_every_s)
 
     def observe(
         self,
@@ -250,17 +262,21 @@ class LearnerTracker:
                     values[f"ope.{policy}.{estimator}_se"] = estimates[estimator].stderr
         return values
 
-    def flush(self, serving: str) -> None:
-        """Hand the metrics to the run if events arrived since the last flush (after a commit)."""
-        if self.events == self._logged_at:
+    def flush(self, serving: str, force: bool = False) -> None:
+        """Hand the metrics to the run if events arrived since the last time and ``log_every_s``
+        has passed (or ``force``); the learner calls it after each commit."""
+        now = self._clock()
+        if self.events == self._logged_at or (not force and now - self._last_log < self.log_every_s):
             return
         tags = {"serving_policy": serving} if serving != self._serving else None
         self._serving = serving
         self.run.log(self.events, self.metrics(), tags)
         self._logged_at = self.events
+        self._last_log = now
 
     def close(self) -> None:
-        """Finish the run (the learner has flushed its last commit)."""
+        """Log what is left and finish the run (after the learner's last commit; idempotent)."""
+        self.flush(self._serving, force=True)
         self.run.close()
 
     def _absorb(self) -> None:

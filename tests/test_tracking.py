@@ -57,7 +57,9 @@ def test_no_mlflow_logs_nothing(tmp_path, capsys, monkeypatch):
 
 def test_embedded_service_logs_live_metrics_and_shadow_estimates(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    settings = settings_for(tmp_path, mlflow_enabled=True, mlflow_uri=uri, ope_sample_every=4)
+    settings = settings_for(
+        tmp_path, mlflow_enabled=True, mlflow_uri=uri, ope_sample_every=4, mlflow_log_every_s=0.0
+    )
     service = RouterService.open(settings, seed_models=MODELS)
     service.start()
     rng = np.random.default_rng(0)
