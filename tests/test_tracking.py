@@ -11,9 +11,13 @@ from mlflow.tracking import MlflowClient
 
 from bandit_router.catalog import typical_cost
 from bandit_router.cli import main
+from bandit_router.config import Settings
+from bandit_router.featurizer import Featurizer
+from bandit_router.policy_set import PolicySet
 from bandit_router.service import RouterService
-from bandit_router.tracking import LEARNER_EXPERIMENT, REPLAY_EXPERIMENT
-from policies import Outcome, Preference, utility
+from bandit_router.tracking import LEARNER_EXPERIMENT, REPLAY_EXPERIMENT, LearnerTracker
+from policies import Outcome, Preference, snips, utility
+from streams import DecisionEvent, SparseFeatures
 from tests.api_support import MODELS, QUALITY, settings_for, true_value, wait_for
 from tests.conftest import SAMPLE_DATA
 
@@ -103,3 +107,62 @@ def test_embedded_service_logs_live_metrics_and_shadow_estimates(tmp_path):
         assert abs(value - uniform) < 4 * se, (estimator, value, se, uniform)
     # Shadow policies that learned find the better models: above uniform routing.
     assert metrics["ope.linucb.snips"] > uniform
+
+
+class RecordingRun:
+    """Stands in for an MlflowRun: keeps what the tracker logs."""
+
+    def __init__(self) -> None:
+        self.logged: list[tuple[int, dict[str, float], dict[str, str] | None]] = []
+        self.closed = False
+
+    def log(self, step, metrics, tags=None):
+        self.logged.append((step, dict(metrics), tags))
+
+    def close(self):
+        self.closed = True
+
+
+def test_live_estimates_use_each_policys_probabilities_from_before_it_learned():
+    settings = Settings(feature_dim=64, policies=["linucb", "random"])
+    featurizer = Featurizer(64)
+    policies = PolicySet.load(settings, featurizer, MODELS, {})
+    twin = PolicySet.load(settings, featurizer, MODELS, {})  # replays the same events, by hand
+    run = RecordingRun()
+    tracker = LearnerTracker(run, settings.policies, sample_every=2)
+    arms = tuple(m.name for m in MODELS)
+    preference = Preference.from_cost_weight(0.2)
+    scales = policies.serving_policy.scales
+    rng = np.random.default_rng(3)
+    rewards, logged, targets, after = [], [], {"linucb": [], "random": []}, []
+    for i in range(200):
+        x = rng.normal(size=64)
+        chosen = int(rng.integers(3))
+        outcome = Outcome(QUALITY[arms[chosen]] + rng.normal(0, 0.1), 0.001)
+        decision = DecisionEvent(
+            decision_id=f"d{i}", ts=0.0, policy="linucb", policy_version=i, arms=arms,
+            chosen=arms[chosen], propensity=1 / 3, probabilities=(1 / 3,) * 3,
+            preference=(0.8, 0.2, 0.0), features=SparseFeatures.from_dense(x),
+        )
+        tracker.observe(policies, decision, x, outcome, preference)
+        if (i + 1) % 2 == 0:
+            rewards.append(utility(outcome, preference, scales))
+            logged.append(1 / 3)
+            for name in targets:
+                targets[name].append(twin[name].probabilities(x, arms, preference)[chosen])
+        for group in (policies, twin):
+            for _, policy in group.items():
+                policy.update(x, arms[chosen], outcome, preference, 1 / 3)
+        if (i + 1) % 2 == 0:
+            after.append(twin["linucb"].probabilities(x, arms, preference)[chosen])
+    tracker.flush("linucb")
+    tracker.close()
+    [(step, metrics, tags)] = run.logged
+    assert step == 200 and tags == {"serving_policy": "linucb"} and run.closed
+    assert metrics["ope.rows"] == 100
+    for name, target in targets.items():
+        expected = snips(np.array(rewards), np.array(logged), np.array(target))
+        assert metrics[f"ope.{name}.snips"] == pytest.approx(expected.value, abs=1e-12)
+        assert metrics[f"ope.{name}.snips_se"] == pytest.approx(expected.stderr, abs=1e-12)
+    # Scored after learning each event instead, LinUCB's numbers would differ: the order matters.
+    assert not np.allclose(after, targets["linucb"])
