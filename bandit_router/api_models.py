@@ -230,6 +230,17 @@ class PolicyOut(BaseModel):
     arms: list[str]
 
 
+class ServingPolicyIn(Request):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"policy": "lints"}]})
+
+    policy: Identifier = Field(description="A learning policy's name (see GET /v1/policies).")
+
+
+class ServingPolicyOut(BaseModel):
+    policy: str = Field(description="The policy serving from now on.")
+    previous: str = Field(description="The policy that served before.")
+
+
 class StatsOut(BaseModel):
     decisions: int
     feedback_received: int

@@ -1,5 +1,5 @@
 """The `bandit-router` command line: serve the router, run a learner, upgrade the database,
-replay and synth.
+replay and synth, evaluate policies off-policy, and open the MLflow UI.
 
 Usage errors print one line, ``bandit-router <command>: error: <what is wrong>``, and exit 2.
 """
@@ -7,6 +7,7 @@ Usage errors print one line, ``bandit-router <command>: error: <what is wrong>``
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -102,6 +103,21 @@ def _add_service_flags(parser: argparse.ArgumentParser) -> None:
                         help="'embedded' (default: a log table in the SQLite database) or "
                              "kafka://HOST:PORT[,HOST:PORT...]")
     parser.add_argument("--config", metavar="FILE", help="TOML settings file")
+def add_mlflow_flags(parser: argparse.ArgumentParser) -> None:
+    """``--mlflow-uri URI`` (turns tracking on) and ``--no-mlflow``; see `mlflow_overrides`."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--mlflow-uri", metavar="URI",
+                       help="MLflow tracking URI (default: sqlite:///<working dir>/mlflow.db)")
+    group.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+
+
+def mlflow_overrides(args: argparse.Namespace) -> dict[str, object]:
+    """Settings overrides from `add_mlflow_flags`' flags (empty when neither was given)."""
+    if args.no_mlflow:
+        return {"mlflow_enabled": False}
+    if args.mlflow_uri is not None:
+        return {"mlflow_enabled": True, "mlflow_uri": args.mlflow_uri}
+    return {}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="an API replica: no learner in this process; it reloads the newest "
                             "policy snapshots every reload_every_s (needs the Kafka bus)")
     _add_service_flags(serve)
+    add_mlflow_flags(serve)
 
     learn = commands.add_parser(
         "learn",
@@ -130,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         "stored offsets when it stops. Stop with Ctrl-C or SIGTERM (it commits first).",
     )
     _add_service_flags(learn)
+    add_mlflow_flags(learn)
 
     database = commands.add_parser("db", help="database maintenance")
     db_commands = database.add_subparsers(dest="db_command", required=True, parser_class=_Parser)
@@ -152,6 +170,30 @@ def build_parser() -> argparse.ArgumentParser:
                              "dearest model in the file)")
     replay.add_argument("--dim", type=_positive_int, default=256, help="feature dimension")
     replay.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_mlflow_flags(replay)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="off-policy evaluation of every policy on logged decisions (table + PNG)",
+        description="Estimate what each policy's current snapshot would have earned on the logged "
+        "decisions (IPS, SNIPS, doubly robust, with standard errors).",
+    )
+    evaluate.add_argument("--since", metavar="WHEN",
+                          help="only decisions from then on: an age (30m, 2h, 7d) or an ISO "
+                               "date/time (2024-12-01, 2024-12-01T08:00; UTC unless a zone is "
+                               "given); default: all")
+    evaluate.add_argument("--out", metavar="DIR",
+                          help="also write evaluation.json, evaluation.md, evaluation.png here")
+    _add_service_flags(evaluate)
+
+    ui = commands.add_parser("ui", help="start the MLflow UI on the tracking store")
+    ui.add_argument("--mlflow-uri", metavar="URI",
+                    help="tracking store (default: sqlite:///<working dir>/mlflow.db)")
+    ui.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
+    ui.add_argument("--port", type=_port, default=5000, help="TCP port (default 5000)")
+    ui.add_argument("--workers", type=_positive_int, default=1,
+                    help="server processes (default 1; each takes seconds to start)")
+    ui.add_argument("--config", metavar="FILE", help="TOML settings file")
 
     synth = commands.add_parser("synth", help="write a synthetic routing dataset")
     synth.add_argument("--models", type=int, default=6, help="number of models, 2 to 8")
@@ -174,10 +216,17 @@ def _replay(args: argparse.Namespace) -> None:
         cost_scale=args.cost_scale,
         dim=args.dim,
     )
+    settings = _settings(args, **mlflow_overrides(args))
     results = replay(dataset, config, progress=not args.quiet)
     out = write_report(results, args.out, title=f"replay of {args.data}")
     print((out / "results.md").read_text())
     print(f"wrote {out}/results.json, results.md, regret.png, frontier.png")
+    if settings.mlflow_enabled:  # type: ignore[attr-defined]
+        from bandit_router.tracking import log_replay
+
+        uri = settings.mlflow_uri  # type: ignore[attr-defined]
+        runs = log_replay(results, uri, args.data)
+        print(f"logged {len(runs)} MLflow runs to {uri} (see them with: bandit-router ui)")
 
 
 def _synth(args: argparse.Namespace) -> None:
@@ -192,7 +241,7 @@ def _settings(args: argparse.Namespace, **flags: object) -> object:
     from bandit_router.config import load_settings
 
     overrides = {name: value for name, value in flags.items() if value is not None}
-    return load_settings(args.config, **overrides)
+    return load_settings(getattr(args, "config", None), **overrides)
 
 
 def _service_settings(args: argparse.Namespace, **flags: object) -> Settings:
@@ -209,7 +258,9 @@ def _serve(args: argparse.Namespace) -> None:
     from bandit_router.api import create_app
     from bandit_router.service import RouterService
 
-    settings = _service_settings(args, host=args.host, port=args.port, serving_policy=args.policy)
+    settings = _service_settings(
+        args, host=args.host, port=args.port, serving_policy=args.policy, **mlflow_overrides(args)
+    )
     if args.no_learner and settings.bus == "embedded":
         raise UsageError(
             "--no-learner needs the Kafka bus (--bus kafka://HOST:PORT): with the embedded bus "
@@ -234,6 +285,7 @@ def _learn(args: argparse.Namespace) -> None:
     import threading
 
     from bandit_router.featurizer import Featurizer
+    from bandit_router.learner import GROUP
     from bandit_router.learner_runner import ActiveLearner
     from bandit_router.service import open_bus
     from bandit_router.storage import Storage, check_schema, make_engine, migrate
@@ -241,14 +293,23 @@ def _learn(args: argparse.Namespace) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)  # its INFO is every connection's story
-    settings = _service_settings(args)
+    settings = _service_settings(args, **mlflow_overrides(args))
     engine = make_engine(settings.database_url)
     if engine.dialect.name == "sqlite":
         migrate(engine)
     else:
         check_schema(engine)
     bus = OutboxBus(open_bus(settings, engine), engine)
-    learner = ActiveLearner(settings, Storage(engine), bus, Featurizer(settings.feature_dim))
+    storage = Storage(engine)
+    tracker = None
+    if settings.mlflow_enabled:
+        from bandit_router.tracking import LearnerTracker
+
+        models = [model.name for model in storage.list_models()]
+        tracker = LearnerTracker.start(settings, models, group=GROUP)
+    learner = ActiveLearner(
+        settings, storage, bus, Featurizer(settings.feature_dim), tracker=tracker
+    )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -273,6 +334,47 @@ def _db(args: argparse.Namespace) -> None:
     print(f"database {shown} is at schema revision {revision}")
 
 
+def _evaluate(args: argparse.Namespace) -> None:
+    from bandit_router.evaluate import evaluate, markdown, parse_since, read_logged, write_evaluation
+    from bandit_router.featurizer import Featurizer
+    from bandit_router.policy_set import PolicySet
+    from bandit_router.service import open_bus
+    from bandit_router.storage import Storage, check_schema, make_engine
+
+    settings = _service_settings(args)
+    since = None if args.since is None else parse_since(args.since)
+    engine = make_engine(settings.database_url)
+    try:
+        check_schema(engine)
+        storage = Storage(engine)
+        policies = PolicySet.load(
+            settings, Featurizer(settings.feature_dim), storage.list_models(), storage.newest_snapshots()
+        )
+        stored = storage.config_value("serving_policy")
+        if stored in policies:
+            policies.serving = stored
+        bus = open_bus(settings, engine)
+        try:
+            results = evaluate(read_logged(bus), policies, since)
+        finally:
+            bus.close()
+    finally:
+        engine.dispose()
+    print(markdown(results))
+    if args.out:
+        out = write_evaluation(results, args.out)
+        print(f"wrote {out}/evaluation.json, evaluation.md, evaluation.png")
+
+
+def _ui(args: argparse.Namespace) -> None:
+    settings = _settings(args, mlflow_uri=args.mlflow_uri)
+    uri = settings.mlflow_uri  # type: ignore[attr-defined]
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+               "--host", args.host, "--port", str(args.port), "--workers", str(args.workers)]
+    print(f"MLflow UI on http://{args.host}:{args.port} for {uri} (Ctrl-C stops it)", flush=True)
+    os.execv(sys.executable, command)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `bandit-router` console script; returns the exit code."""
     parser = build_parser()
@@ -289,6 +391,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "serve": _serve,
                 "learn": _learn,
                 "db": _db,
+                "evaluate": _evaluate,
+                "ui": _ui,
             }
             commands[args.command](args)
     except (UsageError, DatasetError, ValueError, OSError, StorageError) as err:

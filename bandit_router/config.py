@@ -37,6 +37,15 @@ CONFIG_ENV = ENV_PREFIX + "CONFIG"
 _explicit_config_file: ContextVar[Path | None] = ContextVar("explicit_config_file", default=None)
 
 
+def default_mlflow_uri(directory: Path) -> str:
+    """The local MLflow tracking store: ``sqlite:///<directory>/mlflow.db`` with an absolute path.
+
+    >>> default_mlflow_uri(Path("/srv/router"))
+    'sqlite:////srv/router/mlflow.db'
+    """
+    return f"sqlite:///{(directory / 'mlflow.db').absolute()}"
+
+
 class ConfigError(ValueError):
     """The configuration (environment, TOML file, arguments) is invalid; the message says where."""
 
@@ -131,8 +140,27 @@ class Settings(BaseSettings):
     reload_every_s: float = Field(
         2.0, gt=0.0, description="How often API replicas look for a newer policy snapshot."
     )
-    mlflow_tracking_uri: str | None = Field(
-        None, description="MLflow tracking URI; None: a local SQLite store."
+    mlflow_enabled: bool = Field(
+        True,
+        description="Log the learner's and replay's metrics to MLflow (--no-mlflow turns it off).",
+    )
+    mlflow_uri: str = Field(
+        default_factory=lambda: default_mlflow_uri(Path.cwd()),
+        min_length=1,
+        description="MLflow tracking URI; default: the SQLite store mlflow.db in the working "
+        "directory (absolute path), e.g. http://mlflow:5000 for a tracking server.",
+    )
+    mlflow_log_every_s: float = Field(
+        5.0,
+        ge=0.0,
+        description="The learner sends its metrics to MLflow after a commit at most this often "
+        "(0: after every commit).",
+    )
+    ope_sample_every: int = Field(
+        20,
+        ge=1,
+        description="The learner computes every policy's probabilities for the live off-policy "
+        "estimates on one event in this many (1: every event; more: less learner overhead).",
     )
     seed: int = Field(0, ge=0, description="Seed of the policies' random generators.")
     host: str = Field("127.0.0.1", min_length=1, description="Interface the API listens on.")

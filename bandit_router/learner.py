@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from bandit_router.config import Settings
 from bandit_router.featurizer import Featurizer
@@ -43,6 +44,9 @@ from streams import (
 )
 from streams.joiner import DEFAULT_DECISION_TTL_S
 from streams.outbox import OutboxBus
+
+if TYPE_CHECKING:
+    from bandit_router.tracking import LearnerTracker
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +96,12 @@ class Learner:
         group: str = GROUP,
         lease: Lease | None = None,
         clock: Callable[[], float] = time.time,
+        tracker: LearnerTracker | None = None,
     ) -> None:
         self.settings = settings
         self.bus = bus
         self.lease = lease
+        self.tracker = tracker  # MLflow metrics; sees each event before the policies learn it
         self.storage = storage
         self.policies = policies
         self.group = group
@@ -132,12 +138,21 @@ class Learner:
         group: str = GROUP,
         lease: Lease | None = None,
         clock: Callable[[], float] = time.time,
+        tracker: LearnerTracker | None = None,
     ) -> Learner:
         """A learner resumed from the last checkpoint of ``group``, policies included."""
         checkpoint = storage.load_checkpoint(group)
         policies = PolicySet.load(settings, featurizer, storage.list_models(), checkpoint.snapshots)
         return cls(
-            settings, storage, bus, policies, checkpoint, group=group, lease=lease, clock=clock
+            settings,
+            storage,
+            bus,
+            policies,
+            checkpoint,
+            group=group,
+            lease=lease,
+            clock=clock,
+            tracker=tracker,
         )
 
     # --- the loop --------------------------------------------------------------------------------
@@ -204,11 +219,14 @@ class Learner:
         self.close()
 
     def close(self) -> None:
-        """Commit what is left, stop reading and hand the lease on (a standby takes over now)."""
+        """Commit what is left, stop reading, hand the lease on (a standby takes over now) and
+        finish the MLflow run."""
         self.commit()
         self.stop_reading()
         if self.lease is not None:
             self.storage.release_lease(self.lease)
+        if self.tracker is not None:
+            self.tracker.close()
 
     def stop_reading(self) -> None:
         """Release the consumers without committing (after `LeaseLostError`, say)."""
@@ -267,6 +285,8 @@ class Learner:
         self.dead_letters_total += len(self._dead_letters)
         self.commits_total += 1
         self._reset_batch()
+        if self.tracker is not None:
+            self.tracker.flush(self.policies.serving)
 
     # --- one record ------------------------------------------------------------------------------
     def _handle(self, record: Record) -> None:
@@ -325,6 +345,8 @@ class Learner:
         with self.policies.lock:
             if any(arm not in policy.arm_index for _, policy in self.policies.items()):
                 self.policies.ensure_arm(arm, prior_outcome(self.storage.get_model(arm, True)))
+            if self.tracker is not None:
+                self.tracker.observe(self.policies, decision, x, outcome, preference)
             for _, policy in self.policies.items():
                 policy.update(x, arm, outcome, preference, decision.propensity)
             version = self.policies.serving_policy.updates

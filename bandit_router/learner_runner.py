@@ -19,12 +19,16 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from bandit_router.config import Settings
 from bandit_router.featurizer import Featurizer
 from bandit_router.learner import GROUP, Learner
 from bandit_router.storage import LeaseLostError, Storage
 from streams import Bus
+
+if TYPE_CHECKING:  # importing MLflow is slow: only when tracking is on
+    from bandit_router.tracking import LearnerTracker
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,7 @@ class ActiveLearner:
         *,
         group: str = GROUP,
         holder: str | None = None,
+        tracker: LearnerTracker | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -54,6 +59,7 @@ class ActiveLearner:
         self.featurizer = featurizer
         self.group = group
         self.holder = holder or learner_id()
+        self.tracker = tracker  # one MLflow run for this process, across its terms as the active one
         self._clock = clock
         self.learner: Learner | None = None  # the current one while active
         self.terms = 0  # how many times this process became the active learner
@@ -80,6 +86,7 @@ class ActiveLearner:
                 group=self.group,
                 lease=lease,
                 clock=self._clock,
+                tracker=self.tracker,
             )
             self.learner = learner
             self.terms += 1

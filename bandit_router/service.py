@@ -37,6 +37,7 @@ from bandit_router.config import ConfigError, Settings
 from bandit_router.featurizer import Featurizer
 from bandit_router.learner import GROUP, Learner
 from bandit_router.learner_runner import ActiveLearner, LearnerThread, learner_id
+from bandit_router.policy_factory import POLICY_NAMES
 from bandit_router.policy_set import PolicySet, prior_outcome
 from bandit_router.storage import Storage, check_schema, make_engine, migrate
 from policies import POLICY_TYPES, LinearPolicy, Preference
@@ -58,6 +59,9 @@ from streams.outbox import OutboxBus
 log = logging.getLogger(__name__)
 
 MAX_FEATURE_MAGNITUDE = 1e6  # larger context values overflow the policies' quadratic forms
+SERVING_POLICY = "serving_policy"  # the service_config key of the operator's serving choice
+
+log = logging.getLogger(__name__)
 
 
 class ServiceError(Exception):
@@ -182,17 +186,35 @@ class RouterService:
         storage.seed_catalog(seed_models)
         bus = OutboxBus(bus or open_bus(settings, engine, clock), engine, clock=clock)
         featurizer = Featurizer(settings.feature_dim)
+        tracker = None
+        if run_learner and settings.mlflow_enabled:
+            from bandit_router.tracking import LearnerTracker
+
+            models = [model.name for model in storage.list_models()]
+            tracker = LearnerTracker.start(settings, models, group=GROUP)
         learner = None
         if run_learner and settings.bus == "embedded":
             # One process owns an embedded database: it may take the lease over at once.
             lease = storage.acquire_lease(
                 GROUP, learner_id(), settings.learner_lease_s, take_over=True
             )
-            learner = Learner.open(settings, storage, bus, featurizer, lease=lease, clock=clock)
+            learner = Learner.open(
+                settings, storage, bus, featurizer, lease=lease, clock=clock, tracker=tracker
+            )
             policies = learner.policies
         else:
             snapshots = storage.newest_snapshots(settings.policies)
             policies = PolicySet.load(settings, featurizer, storage.list_models(), snapshots)
+        stored = storage.config_value(SERVING_POLICY)
+        if stored in policies:
+            policies.serving = stored
+        elif stored is not None:
+            log.warning(
+                "the stored serving policy %r is not among policies %s; serving %r",
+                stored,
+                settings.policies,
+                settings.serving_policy,
+            )
         service = cls(
             settings,
             storage,
@@ -204,7 +226,9 @@ class RouterService:
             clock=clock,
         )
         if run_learner and learner is None:
-            service.active_learner = ActiveLearner(settings, storage, bus, featurizer, clock=clock)
+            service.active_learner = ActiveLearner(
+                settings, storage, bus, featurizer, tracker=tracker, clock=clock
+            )
         service._owns_engine = owns_engine
         return service
 
@@ -230,6 +254,8 @@ class RouterService:
         self._stopping.set()
         if self.learner_thread is not None:
             self.learner_thread.stop()
+        elif self.learner is not None and self.learner.tracker is not None:
+            self.learner.tracker.close()  # the learner never ran, so never closed its run
         if self._reloader is not None:
             self._reloader.join(timeout=10)
         self.bus.close()
@@ -246,7 +272,8 @@ class RouterService:
     # --- snapshot reload (replicas) ------------------------------------------------------------
     def reload(self) -> list[str]:
         """Swap in every policy whose newest stored snapshot is newer than the live one, and
-        pick up catalog changes other replicas made; returns the reloaded policies' names."""
+        pick up catalog and serving-policy changes other replicas made; returns the reloaded
+        policies' names."""
         stored = self.storage.snapshot_versions()
         with self.policies.lock:
             stale = [n for n, p in self.policies.items() if stored.get(n, -1) > p.updates]
@@ -255,8 +282,11 @@ class RouterService:
             for name, snapshot in self.storage.newest_snapshots(stale).items()
         } if stale else {}
         catalog = {model.name: model for model in self.storage.list_models()}
+        serving = self.storage.config_value(SERVING_POLICY)
         with self.policies.lock:
             self.policies.policies.update(fresh)
+            if serving in self.policies:  # another replica switched it (PUT /v1/policies/serving)
+                self.policies.serving = serving
             for model in catalog.values():
                 self.policies.ensure_arm(model.name, prior_outcome(model))
             self._catalog = dict(sorted(catalog.items()))
@@ -538,6 +568,23 @@ class RouterService:
                 }
                 for name, policy in self.policies.items()
             ]
+
+    def set_serving_policy(self, name: str) -> str:
+        """Serve ``name`` from now on (it must be one of the learning policies); stored in the
+        database so it survives restarts and other replicas pick it up. Returns the previous one."""
+        if name not in self.policies:
+            known = ", ".join(self.policies)
+            if name in POLICY_NAMES:
+                message = f"policy {name!r} does not learn in this deployment; choose from {known}"
+            else:
+                message = f"unknown policy {name!r}; choose from {known}"
+            raise InvalidRequestError("policy", message)
+        with self.policies.lock:
+            previous = self.policies.serving
+            self.storage.set_config_value(SERVING_POLICY, name)
+            self.policies.serving = name
+        log.info("serving policy switched from %s to %s", previous, name)
+        return previous
 
     def stats(self) -> dict[str, int]:
         """Committed totals (decisions and feedback as the learner consumed them) and the serving

@@ -1,4 +1,5 @@
-"""Shared fixtures: the real routing data beside the checkout, a Kafka-protocol broker and PostgreSQL.
+"""Shared fixtures: the real routing data beside the checkout, a Kafka-protocol broker, PostgreSQL,
+and MLflow off unless a test turns it on.
 
 A missing broker binary or an unreachable PostgreSQL fails the test under CI (``CI`` set) and skips it
 elsewhere, saying how to provide the service.
@@ -27,6 +28,17 @@ from tests.services import (
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = REPO.parent / "shared" / "data" / "routellm" / "mmlu_gsm8k_dev.csv"
 SAMPLE_DATA = REPO / "data" / "routellm_sample.csv"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_mlflow_by_default() -> Iterator[None]:
+    """Tests never log to MLflow (nor create mlflow.db in the checkout) unless they ask to.
+
+    Session-scoped, so it is in force before any module- or session-scoped app fixture starts.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BANDIT_ROUTER_MLFLOW_ENABLED", "false")
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -56,6 +56,7 @@ TEST_SETTINGS = {
     "snapshot_every_s": 0.5,
     "learner_lease_s": 2.0,
     "kafka_timeout_s": 2.0,
+    "mlflow_enabled": False,
 }
 
 

@@ -46,6 +46,7 @@ OWN_TABLES = {
     "dead_letters",
     "counters",
     "learner_leases",
+    "service_config",
 }
 
 
@@ -523,3 +524,16 @@ def test_stats_and_counters(storage: Storage) -> None:
         "pending_decisions": 3,
         "waiting_feedback": 1,
     }
+
+
+def test_service_config_values_are_stored_replaced_and_stamped(
+    storage: Storage, engine: Engine, clock: FakeClock
+) -> None:
+    assert storage.config_value("serving_policy") is None
+    storage.set_config_value("serving_policy", "lints")
+    clock.now += 5
+    storage.set_config_value("serving_policy", "random")
+    assert storage.config_value("serving_policy") == "random"
+    with engine.connect() as connection:
+        rows = connection.execute(text("SELECT key, value, updated_at FROM service_config")).all()
+    assert rows == [("serving_policy", "random", clock.now)]

@@ -154,6 +154,15 @@ class LearnerLeaseRow(Base):
     holder: Mapped[str] = mapped_column(String(NAME_LENGTH))
     epoch: Mapped[int] = mapped_column(BigInteger)
     expires_at: Mapped[float] = mapped_column(Float)
+class ServiceConfigRow(Base):
+    """An operator's run-time choice that outlives the process and reaches every replica
+    (``serving_policy``), as text under a key."""
+
+    __tablename__ = "service_config"
+
+    key: Mapped[str] = mapped_column(String(NAME_LENGTH), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[float] = mapped_column(Float)
 
 
 def include_object(

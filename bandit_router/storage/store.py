@@ -26,6 +26,7 @@ from bandit_router.storage.schema import (
     LearnerLeaseRow,
     PendingDecisionRow,
     PolicySnapshotRow,
+    ServiceConfigRow,
     WaitingFeedbackRow,
 )
 from bandit_router.storage.state_codec import decode_state, encode_state
@@ -342,6 +343,18 @@ class Storage:
         """The value of counter ``name`` (0 if it was never added to)."""
         with self._sessions() as session:
             return session.scalar(select(CounterRow.value).where(CounterRow.name == name)) or 0
+
+    # --- service config --------------------------------------------------------------------
+
+    def config_value(self, key: str) -> str | None:
+        """The stored value of run-time setting ``key`` (e.g. ``serving_policy``); None if unset."""
+        with self._sessions() as session:
+            return session.scalar(select(ServiceConfigRow.value).where(ServiceConfigRow.key == key))
+
+    def set_config_value(self, key: str, value: str) -> None:
+        """Store run-time setting ``key`` (replacing any earlier value)."""
+        with self._sessions.begin() as session:
+            session.merge(ServiceConfigRow(key=key, value=value, updated_at=self._clock()))
 
 
 def _catalog_model(row: CatalogModelRow) -> CatalogModel:

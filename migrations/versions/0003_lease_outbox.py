@@ -2,7 +2,7 @@
 durable outbox that keeps events while the Kafka broker is unreachable.
 
 Revision ID: 0003
-Revises: 0001
+Revises: 0002_service_config
 Create Date: 2026-11-23
 """
 
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0003"
-down_revision: str | None = "0001"
+down_revision: str | None = "0002_service_config"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
