@@ -133,7 +133,7 @@ def test_urls_point_at_the_services_that_answer_them(services: dict[str, Any]) -
 def test_router_environment_names_real_settings(services: dict[str, Any]) -> None:
     for name in ("api", "learner"):
         environment = services[name]["environment"]
-        assert environment[f"{ENV_PREFIX}MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+        assert environment[f"{ENV_PREFIX}MLFLOW_URI"] == "http://mlflow:5000"
         for key in environment:
             assert key.startswith(ENV_PREFIX), key
             assert key.removeprefix(ENV_PREFIX).lower() in Settings.model_fields, key
