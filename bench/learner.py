@@ -18,7 +18,7 @@ import platform
 import random
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +47,7 @@ from streams import (
 from streams.embedded import EmbeddedBus
 
 TARGET = 5_000  # joined events/s with Kafka + PostgreSQL
+MLFLOW_TARGET = 0.9  # throughput with MLflow tracking on / off
 MODELS = [f"model-{i}" for i in range(8)]
 DIM = 256
 WORDS = (
@@ -103,6 +104,7 @@ def settings_for(database_url: str, policies: Sequence[str], **extra: Any) -> Se
         "policies": list(policies),
         "serving_policy": policies[0],
         "feature_dim": DIM,
+        "mlflow_enabled": False,
     }
     return Settings(**(values | extra))
 
@@ -127,12 +129,27 @@ def policies_only(workload: Workload, policies: Sequence[str]) -> dict[str, Any]
 
 
 def through_learner(
-    workload: Workload, settings: Settings, bus: Bus, storage: Storage, label: str
+    workload: Workload,
+    settings: Settings,
+    bus: Bus,
+    storage: Storage,
+    label: str,
+    mlflow_folder: str | None = None,
 ) -> dict[str, Any]:
-    """Publish the workload, then time one learner from start to its last commit."""
+    """Publish the workload, then time one learner from start to its last commit (logging to a
+    fresh MLflow store in ``mlflow_folder`` if given)."""
     for start in range(0, len(workload.records), 2_000):
         bus.publish_many(workload.records[start : start + 2_000])
-    learner = Learner.open(settings, storage, bus, Featurizer(DIM))
+    tracker = None
+    if mlflow_folder is not None:
+        from bandit_router.tracking import LearnerTracker
+
+        tracked = settings.model_copy(
+            update={"mlflow_enabled": True, "mlflow_uri": f"sqlite:///{mlflow_folder}/mlflow.db"}
+        )
+        tracker = LearnerTracker.start(tracked, MODELS, group="learner")
+        tracker.run.wait_started()  # MLflow's import and run creation are not the learner's work
+    learner = Learner.open(settings, storage, bus, Featurizer(DIM), tracker=tracker)
     pairs = len(workload.pairs)
     with tqdm(total=pairs, desc=label, unit="event", leave=False) as progress:
         started = time.perf_counter()
@@ -198,8 +215,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     workload = make_workload(args.events, args.seed)
     rows = []
 
-    def add(name: str, bus_name: str, database: str, measure: Callable[[], dict[str, Any]]) -> None:
-        outcome = measure()
+    def add(name: str, bus_name: str, database: str, outcome: dict[str, Any]) -> None:
         rows.append(
             {
                 "configuration": name,
@@ -213,18 +229,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         print(f"{name}: {rows[-1]['events_per_s']:,.0f} joined events/s", flush=True)
 
-    with threadpool_limits(limits=1, user_api="blas"):
-        add("policies only", "-", "-", lambda: policies_only(workload, args.policies))
-        with embedded_world(args.policies) as (settings, bus, storage):
-            add("embedded", "embedded log", "SQLite",
-                lambda: through_learner(workload, settings, bus, storage, "embedded"))
-        if not args.no_kafka:
+    with threadpool_limits(limits=1, user_api="blas"), tempfile.TemporaryDirectory() as mlflow:
+        add("policies only", "-", "-", policies_only(workload, args.policies))
+        for tracked in (False, True):
+            name = "embedded" + (" + MLflow" if tracked else "")
+            with embedded_world(args.policies) as (settings, bus, storage):
+                outcome = through_learner(
+                    workload, settings, bus, storage, name, mlflow if tracked else None
+                )
+            add(name, "embedded log", "SQLite", outcome)
+        for tracked in (False, True) if not args.no_kafka else ():
+            name = "kafka + postgres" + (" + MLflow" if tracked else "")
             with kafka_world(args.policies, args.kafka, args.postgres) as (settings, bus, storage):
-                add("kafka + postgres", "Kafka (Tansu)", "PostgreSQL",
-                    lambda: through_learner(workload, settings, bus, storage, "kafka"))
+                outcome = through_learner(
+                    workload, settings, bus, storage, name, mlflow if tracked else None
+                )
+            add(name, "Kafka (Tansu)", "PostgreSQL", outcome)
     ceiling = rows[0]["events_per_s"]
     for row in rows:
         row["share_of_ceiling"] = round(row["events_per_s"] / ceiling, 3)
+    by_name = {row["configuration"]: row for row in rows}
+    mlflow_ratios = {
+        base: round(by_name[f"{base} + MLflow"]["events_per_s"] / by_name[base]["events_per_s"], 3)
+        for base in ("embedded", "kafka + postgres")
+        if base in by_name
+    }
     kafka_rows = [row for row in rows if row["configuration"] == "kafka + postgres"]
     return {
         "config": {
@@ -245,6 +274,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "kafka_postgres_events_per_s": TARGET,
             "measured": kafka_rows[0]["events_per_s"] if kafka_rows else None,
             "met": bool(kafka_rows) and kafka_rows[0]["events_per_s"] >= TARGET,
+        },
+        "mlflow": {
+            "target_ratio": MLFLOW_TARGET,
+            "on_over_off": mlflow_ratios,
+            "met": all(ratio >= MLFLOW_TARGET for ratio in mlflow_ratios.values()),
         },
     }
 
@@ -277,6 +311,13 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         f"PostgreSQL: **{verdict}**"
         + (f" (measured {measured:,.0f})." if measured is not None else " (Kafka not run)."),
     ]
+    mlflow = result["mlflow"]
+    ratios = ", ".join(f"{base}: {ratio:.0%}" for base, ratio in mlflow["on_over_off"].items())
+    lines.append(
+        f"MLflow tracking on / off (target >= {mlflow['target_ratio']:.0%}): {ratios} — "
+        f"**{'met' if mlflow['met'] else 'NOT met'}** (one run per learner, metrics logged with "
+        "log_batch from a background thread, off-policy estimates on every 20th event)."
+    )
     path.write_text("\n".join(lines) + "\n")
 
 
