@@ -100,13 +100,16 @@ class Storage:
         if duplicates:
             raise CatalogError(f"seed catalog lists {', '.join(duplicates)} more than once")
         now = self._clock()
-        with self._sessions.begin() as session:
-            if session.scalar(select(func.count()).select_from(CatalogModelRow)):
-                return 0
-            for model in models:
-                row = CatalogModelRow(name=model.name, removed_at=None, updated_at=now)
-                _copy_catalog_fields(model, row)
-                session.add(row)
+        try:
+            with self._sessions.begin() as session:
+                if session.scalar(select(func.count()).select_from(CatalogModelRow)):
+                    return 0
+                for model in models:
+                    row = CatalogModelRow(name=model.name, removed_at=None, updated_at=now)
+                    _copy_catalog_fields(model, row)
+                    session.add(row)
+        except IntegrityError:  # another replica starting at the same moment seeded it first
+            return 0
         return len(models)
 
     # --- learner checkpoints ---------------------------------------------------------------
