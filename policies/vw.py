@@ -89,7 +89,7 @@ class VowpalWabbit(Policy):
         scales: Scales,
         floor: float = DEFAULT_FLOOR,
         explore: str = "squarecb",
-        gamma_scale: float = 10.0,
+        gamma_scale: float = 50.0,
         epsilon: float = 0.05,
         learning_rate: float = 0.5,
         priors: Mapping[str, Outcome] | None = None,
@@ -166,9 +166,10 @@ class VowpalWabbit(Policy):
         if not np.all(np.isfinite(x)):
             raise ValueError("context features must be finite")
         slots = np.flatnonzero(x)
-        context = " ".join(f"{i}:{v!r}" for i, v in zip(slots.tolist(), x[slots].tolist(), strict=True))
+        # VW reads float32, which 9 significant digits carry exactly.
+        context = " ".join(map("{}:{:.9g}".format, slots.tolist(), x[slots].tolist()))
         w = preference
-        return f"shared |x {context} |w q:{w.quality!r} c:{w.cost!r} l:{w.latency!r}"
+        return f"shared |x {context} |w q:{w.quality:.9g} c:{w.cost:.9g} l:{w.latency:.9g}"
 
     # --- state -----------------------------------------------------------------------------------
     def _config(self) -> dict[str, Any]:
