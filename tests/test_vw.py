@@ -202,3 +202,23 @@ def test_learns_on_synthetic_data(seed):
     oracle = results["oracle"][0]["utility"]
     closed = (runs["vw"]["utility"] - runs["random"]["utility"]) / (oracle - runs["random"]["utility"])
     assert closed > 0.6
+
+
+def test_service_serves_learns_and_reloads_it(tmp_path):
+    """As the serving policy: routes, learns from feedback, and a restart reloads its snapshot."""
+    from tests.api_support import applied, running_app, settings_for, wait_for
+
+    settings = settings_for(tmp_path, policies=["vw", "random"], serving_policy="vw")
+    request = {"prompt": "Translate this sentence into French.", "cost_weight": 0.3}
+    with running_app(settings) as client:
+        first = client.post("/v1/route", json=request).json()
+        assert first["policy"] == "vw" and first["expected"] is None
+        assert min(first["probabilities"].values()) >= settings.floor
+        feedback = {"decision_id": first["decision_id"], "quality": 0.9, "cost": 0.001}
+        assert client.post("/v1/feedback", json=feedback).status_code == 202
+        wait_for(applied(client, 1))
+        learned = client.post("/v1/route", json=request).json()
+    with running_app(settings) as client:
+        reloaded = client.post("/v1/route", json=request).json()
+    assert reloaded["policy_version"] == learned["policy_version"] == 1
+    assert reloaded["probabilities"] == learned["probabilities"]
