@@ -1,7 +1,8 @@
-"""Bandit math: preference and utility, the policy interface, linear bandits, baselines, off-policy
-estimators.
+"""Bandit math: preference and utility, the policy interface, linear bandits, a Vowpal Wabbit learner,
+baselines, off-policy estimators.
 
-Pure numpy/scipy: no I/O, no imports from `streams` or `bandit_router`.
+Pure numpy/scipy/vowpalwabbit: no I/O (beyond VW's model file in a temporary directory), no imports
+from `streams` or `bandit_router`.
 """
 
 from policies.base import DEFAULT_FLOOR, Policy, argmax_distribution, with_floor
@@ -20,9 +21,10 @@ from policies.preference import (
     utilities,
     utility,
 )
+from policies.vw import VowpalWabbit
 
 POLICY_TYPES: dict[str, type[Policy]] = {
-    cls.name: cls for cls in (LinUCB, LinTS, UniformRandom, FixedArm, EpsilonGreedy)
+    cls.name: cls for cls in (LinUCB, LinTS, VowpalWabbit, UniformRandom, FixedArm, EpsilonGreedy)
 }
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
     "Preference",
     "Scales",
     "UniformRandom",
+    "VowpalWabbit",
     "argmax_distribution",
     "doubly_robust",
     "ips",
