@@ -32,6 +32,8 @@ from bandit_router.api_models import (
     Readiness,
     RouteRequest,
     RouteResponse,
+    ServingPolicyIn,
+    ServingPolicyOut,
     StatsOut,
     model_out,
 )
@@ -170,6 +172,13 @@ def _router(service: RouterService, metrics: ServiceMetrics) -> APIRouter:
     def list_policies() -> list[PolicyOut]:
         """Every policy (all learn from every event; one serves), its version and arms."""
         return [PolicyOut(**info) for info in service.policies_info()]
+
+    @router.put("/v1/policies/serving", tags=["learning"], responses=_errors(422))
+    def put_serving_policy(body: ServingPolicyIn) -> ServingPolicyOut:
+        """Switch the serving policy at once, without a restart; stored, so it survives restarts
+        and reaches every replica."""
+        previous = service.set_serving_policy(body.policy)
+        return ServingPolicyOut(policy=body.policy, previous=previous)
 
     @router.get("/v1/stats", tags=["learning"])
     def stats() -> StatsOut:

@@ -230,6 +230,17 @@ class PolicyOut(BaseModel):
     arms: list[str]
 
 
+class ServingPolicyIn(Request):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"policy": "lints"}]})
+
+    policy: Identifier = Field(description="A learning policy's name (see GET /v1/policies).")
+
+
+class ServingPolicyOut(BaseModel):
+    policy: str = Field(description="The policy serving from now on.")
+    previous: str = Field(description="The policy that served before.")
+
+
 class StatsOut(BaseModel):
     decisions: int
     feedback_received: int
@@ -246,8 +257,12 @@ class Health(BaseModel):
 
 class Readiness(BaseModel):
     ready: bool
-    database: str
-    learner: str
+    database: str = Field(examples=["ok"])
+    learner: str = Field(description="ok, standby, external (another process), or why not")
+    bus: str = Field(
+        examples=["ok"],
+        description="ok, or degraded while events wait in the outbox for the broker",
+    )
 
 
 class ErrorOut(BaseModel):

@@ -1,4 +1,5 @@
-"""The `bandit-router` command line: serve the router, upgrade its database, replay, train and synth.
+"""The `bandit-router` command line: serve the router, run a learner, upgrade the database,
+replay, train and synth, evaluate policies off-policy, and open the MLflow UI.
 
 Usage errors print one line, ``bandit-router <command>: error: <what is wrong>``, and exit 2.
 """
@@ -6,12 +7,14 @@ Usage errors print one line, ``bandit-router <command>: error: <what is wrong>``
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
 from threadpoolctl import threadpool_limits
 
+from bandit_router.config import Settings
 from bandit_router.dataset import DatasetError, load_routing_csv
 from bandit_router.policy_factory import POLICY_NAMES
 from bandit_router.storage import StorageError
@@ -79,6 +82,44 @@ def _port(text: str) -> int:
     return port
 
 
+def _bus(text: str) -> tuple[str, str | None]:
+    """``embedded`` or ``kafka://HOST:PORT[,HOST:PORT...]`` -> (bus, bootstrap servers)."""
+    if text == "embedded":
+        return "embedded", None
+    scheme, _, servers = text.partition("://")
+    if scheme != "kafka" or not servers:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a bus; use 'embedded' or kafka://HOST:PORT[,HOST:PORT...]"
+        )
+    return "kafka", servers
+
+
+def _add_service_flags(parser: argparse.ArgumentParser) -> None:
+    """Where the service's state and events live: flags shared by serve and learn."""
+    parser.add_argument("--database", metavar="URL",
+                        help="SQLAlchemy URL (default sqlite:///bandit-router.db in this folder; "
+                             "e.g. postgresql+psycopg://user@host:5432/db)")
+    parser.add_argument("--bus", type=_bus, metavar="BUS",
+                        help="'embedded' (default: a log table in the SQLite database) or "
+                             "kafka://HOST:PORT[,HOST:PORT...]")
+    parser.add_argument("--config", metavar="FILE", help="TOML settings file")
+def add_mlflow_flags(parser: argparse.ArgumentParser) -> None:
+    """``--mlflow-uri URI`` (turns tracking on) and ``--no-mlflow``; see `mlflow_overrides`."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--mlflow-uri", metavar="URI",
+                       help="MLflow tracking URI (default: sqlite:///<working dir>/mlflow.db)")
+    group.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+
+
+def mlflow_overrides(args: argparse.Namespace) -> dict[str, object]:
+    """Settings overrides from `add_mlflow_flags`' flags (empty when neither was given)."""
+    if args.no_mlflow:
+        return {"mlflow_enabled": False}
+    if args.mlflow_uri is not None:
+        return {"mlflow_enabled": True, "mlflow_uri": args.mlflow_uri}
+    return {}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bandit-router", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -91,10 +132,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=_port, help="TCP port (default 8000)")
-    serve.add_argument("--database", metavar="URL",
-                       help="SQLAlchemy URL (default sqlite:///bandit-router.db in this folder)")
     serve.add_argument("--policy", choices=POLICY_NAMES, help="the serving policy")
-    serve.add_argument("--config", metavar="FILE", help="TOML settings file")
+    serve.add_argument("--no-learner", action="store_true",
+                       help="an API replica: no learner in this process; it reloads the newest "
+                            "policy snapshots every reload_every_s (needs the Kafka bus)")
+    _add_service_flags(serve)
+    add_mlflow_flags(serve)
+
+    learn = commands.add_parser(
+        "learn",
+        help="run the learner alone (distributed mode: Kafka bus, shared database)",
+        description="Consume decisions and feedback, update every policy and checkpoint to the "
+        "database. Several may run: one is active, the others stand by and take over from the "
+        "stored offsets when it stops. Stop with Ctrl-C or SIGTERM (it commits first).",
+    )
+    _add_service_flags(learn)
+    add_mlflow_flags(learn)
 
     database = commands.add_parser("db", help="database maintenance")
     db_commands = database.add_subparsers(dest="db_command", required=True, parser_class=_Parser)
@@ -120,6 +173,30 @@ def build_parser() -> argparse.ArgumentParser:
                         help="start BaRP from this snapshot (bandit-router train barp) and keep "
                              "learning online")
     replay.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_mlflow_flags(replay)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="off-policy evaluation of every policy on logged decisions (table + PNG)",
+        description="Estimate what each policy's current snapshot would have earned on the logged "
+        "decisions (IPS, SNIPS, doubly robust, with standard errors).",
+    )
+    evaluate.add_argument("--since", metavar="WHEN",
+                          help="only decisions from then on: an age (30m, 2h, 7d) or an ISO "
+                               "date/time (2024-12-01, 2024-12-01T08:00; UTC unless a zone is "
+                               "given); default: all")
+    evaluate.add_argument("--out", metavar="DIR",
+                          help="also write evaluation.json, evaluation.md, evaluation.png here")
+    _add_service_flags(evaluate)
+
+    ui = commands.add_parser("ui", help="start the MLflow UI on the tracking store")
+    ui.add_argument("--mlflow-uri", metavar="URI",
+                    help="tracking store (default: sqlite:///<working dir>/mlflow.db)")
+    ui.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
+    ui.add_argument("--port", type=_port, default=5000, help="TCP port (default 5000)")
+    ui.add_argument("--workers", type=_positive_int, default=1,
+                    help="server processes (default 1; each takes seconds to start)")
+    ui.add_argument("--config", metavar="FILE", help="TOML settings file")
 
     train = commands.add_parser(
         "train", help="warm-start a policy from a routing dataset under bandit feedback"
@@ -166,10 +243,17 @@ def _replay(args: argparse.Namespace) -> None:
         dim=args.dim,
         barp_state=barp_state,
     )
+    settings = _settings(args, **mlflow_overrides(args))
     results = replay(dataset, config, progress=not args.quiet)
     out = write_report(results, args.out, title=f"replay of {args.data}")
     print((out / "results.md").read_text())
     print(f"wrote {out}/results.json, results.md, regret.png, frontier.png")
+    if settings.mlflow_enabled:  # type: ignore[attr-defined]
+        from bandit_router.tracking import log_replay
+
+        uri = settings.mlflow_uri  # type: ignore[attr-defined]
+        runs = log_replay(results, uri, args.data)
+        print(f"logged {len(runs)} MLflow runs to {uri} (see them with: bandit-router ui)")
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -200,22 +284,33 @@ def _settings(args: argparse.Namespace, **flags: object) -> object:
     from bandit_router.config import load_settings
 
     overrides = {name: value for name, value in flags.items() if value is not None}
-    return load_settings(args.config, **overrides)
+    return load_settings(getattr(args, "config", None), **overrides)
+
+
+def _service_settings(args: argparse.Namespace, **flags: object) -> Settings:
+    bus, bootstrap = args.bus or (None, None)
+    settings = _settings(
+        args, database_url=args.database, bus=bus, kafka_bootstrap=bootstrap, **flags
+    )
+    return settings  # type: ignore[return-value]
 
 
 def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from bandit_router.api import create_app
+    from bandit_router.service import RouterService
 
-    settings = _settings(
-        args,
-        host=args.host,
-        port=args.port,
-        database_url=args.database,
-        serving_policy=args.policy,
+    settings = _service_settings(
+        args, host=args.host, port=args.port, serving_policy=args.policy, **mlflow_overrides(args)
     )
-    app = create_app(settings)  # type: ignore[arg-type]
+    if args.no_learner and settings.bus == "embedded":
+        raise UsageError(
+            "--no-learner needs the Kafka bus (--bus kafka://HOST:PORT): with the embedded bus "
+            "the learner runs in the one process that owns the SQLite database"
+        )
+    service = RouterService.open(settings, run_learner=not args.no_learner)
+    app = create_app(settings, service=service)
     # One worker: the embedded learner and its policies live in this process.
     uvicorn.run(
         app,
@@ -227,13 +322,100 @@ def _serve(args: argparse.Namespace) -> None:
     )
 
 
+def _learn(args: argparse.Namespace) -> None:
+    import logging
+    import signal
+    import threading
+
+    from bandit_router.featurizer import Featurizer
+    from bandit_router.learner import GROUP
+    from bandit_router.learner_runner import ActiveLearner
+    from bandit_router.service import open_bus
+    from bandit_router.storage import Storage, check_schema, make_engine, migrate
+    from streams.outbox import OutboxBus
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)  # its INFO is every connection's story
+    settings = _service_settings(args, **mlflow_overrides(args))
+    engine = make_engine(settings.database_url)
+    if engine.dialect.name == "sqlite":
+        migrate(engine)
+    else:
+        check_schema(engine)
+    bus = OutboxBus(open_bus(settings, engine), engine)
+    storage = Storage(engine)
+    tracker = None
+    if settings.mlflow_enabled:
+        from bandit_router.tracking import LearnerTracker
+
+        models = [model.name for model in storage.list_models()]
+        tracker = LearnerTracker.start(settings, models, group=GROUP)
+    learner = ActiveLearner(
+        settings, storage, bus, Featurizer(settings.feature_dim), tracker=tracker
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    # The URL's repr hides its password.
+    print(f"learner {learner.holder}: {settings.bus} bus, database {engine.url!r}", flush=True)
+    try:
+        learner.run(stop)
+    finally:
+        bus.close()
+        engine.dispose()
+
+
 def _db(args: argparse.Namespace) -> None:
     from bandit_router.storage import migrate
 
     settings = _settings(args, database_url=args.database)
+    from sqlalchemy.engine import make_url
+
     url = settings.database_url  # type: ignore[attr-defined]
     revision = migrate(url)
-    print(f"database {url} is at schema revision {revision}")
+    shown = make_url(url).render_as_string(hide_password=True)
+    print(f"database {shown} is at schema revision {revision}")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from bandit_router.evaluate import evaluate, markdown, parse_since, read_logged, write_evaluation
+    from bandit_router.featurizer import Featurizer
+    from bandit_router.policy_set import PolicySet
+    from bandit_router.service import open_bus
+    from bandit_router.storage import Storage, check_schema, make_engine
+
+    settings = _service_settings(args)
+    since = None if args.since is None else parse_since(args.since)
+    engine = make_engine(settings.database_url)
+    try:
+        check_schema(engine)
+        storage = Storage(engine)
+        policies = PolicySet.load(
+            settings, Featurizer(settings.feature_dim), storage.list_models(), storage.newest_snapshots()
+        )
+        stored = storage.config_value("serving_policy")
+        if stored in policies:
+            policies.serving = stored
+        bus = open_bus(settings, engine)
+        try:
+            results = evaluate(read_logged(bus), policies, since)
+        finally:
+            bus.close()
+    finally:
+        engine.dispose()
+    print(markdown(results))
+    if args.out:
+        out = write_evaluation(results, args.out)
+        print(f"wrote {out}/evaluation.json, evaluation.md, evaluation.png")
+
+
+def _ui(args: argparse.Namespace) -> None:
+    settings = _settings(args, mlflow_uri=args.mlflow_uri)
+    uri = settings.mlflow_uri  # type: ignore[attr-defined]
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+               "--host", args.host, "--port", str(args.port), "--workers", str(args.workers)]
+    print(f"MLflow UI on http://{args.host}:{args.port} for {uri} (Ctrl-C stops it)", flush=True)
+    os.execv(sys.executable, command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -246,7 +428,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The policies' matrices are small (d ~ 257): a multi-threaded BLAS spends more on waking
         # threads than on the arithmetic, up to 10x slower on a busy machine. One thread each.
         with threadpool_limits(limits=1, user_api="blas"):
-            commands = {"replay": _replay, "train": _train, "synth": _synth, "serve": _serve, "db": _db}
+            commands = {
+                "replay": _replay,
+                "train": _train,
+                "synth": _synth,
+                "serve": _serve,
+                "learn": _learn,
+                "db": _db,
+                "evaluate": _evaluate,
+                "ui": _ui,
+            }
             commands[args.command](args)
     except (UsageError, DatasetError, ValueError, OSError, StorageError) as err:
         message = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())

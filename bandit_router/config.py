@@ -37,6 +37,15 @@ CONFIG_ENV = ENV_PREFIX + "CONFIG"
 _explicit_config_file: ContextVar[Path | None] = ContextVar("explicit_config_file", default=None)
 
 
+def default_mlflow_uri(directory: Path) -> str:
+    """The local MLflow tracking store: ``sqlite:///<directory>/mlflow.db`` with an absolute path.
+
+    >>> default_mlflow_uri(Path("/srv/router"))
+    'sqlite:////srv/router/mlflow.db'
+    """
+    return f"sqlite:///{(directory / 'mlflow.db').absolute()}"
+
+
 class ConfigError(ValueError):
     """The configuration (environment, TOML file, arguments) is invalid; the message says where."""
 
@@ -63,6 +72,20 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = Field(
         "127.0.0.1:9092",
         description="Comma-separated host:port list of Kafka brokers (used when bus = 'kafka').",
+    )
+    kafka_partitions: int = Field(
+        1,
+        ge=1,
+        description="Partitions of each topic the service creates (existing topics are kept). "
+        "One active learner reads every partition; with one, the log has a total order and the "
+        "learned state is reproducible from it; with more, updates across partitions follow the "
+        "order of delivery (still each exactly once).",
+    )
+    kafka_timeout_s: float = Field(
+        5.0,
+        gt=0.0,
+        description="How long a publish may wait for the broker before the event goes to the "
+        "outbox (and /readyz reports the bus degraded).",
     )
     serving_policy: str = Field(
         "linucb", description="The policy whose choices are served; must be one of `policies`."
@@ -103,10 +126,16 @@ class Settings(BaseSettings):
         description="How long feedback waits for its decision before going to dead letters.",
     )
     snapshot_every_events: int = Field(
-        500, ge=1, description="The learner checkpoints after this many applied events..."
+        5_000, ge=1, description="The learner checkpoints after this many records..."
     )
     snapshot_every_s: float = Field(
         2.0, gt=0.0, description="...or after this many seconds, whichever comes first."
+    )
+    learner_lease_s: float = Field(
+        10.0,
+        gt=0.0,
+        description="A standby learner takes over this long after the active one stopped "
+        "renewing its lease (checkpoints renew it, and an idle learner every third of this).",
     )
     reload_every_s: float = Field(
         2.0, gt=0.0, description="How often API replicas look for a newer policy snapshot."
@@ -116,8 +145,27 @@ class Settings(BaseSettings):
         description="BaRP snapshot file (bandit-router train barp) to start BaRP from when the "
         "database holds no BaRP snapshot yet; None: BaRP starts from scratch.",
     )
-    mlflow_tracking_uri: str | None = Field(
-        None, description="MLflow tracking URI; None: a local SQLite store."
+    mlflow_enabled: bool = Field(
+        True,
+        description="Log the learner's and replay's metrics to MLflow (--no-mlflow turns it off).",
+    )
+    mlflow_uri: str = Field(
+        default_factory=lambda: default_mlflow_uri(Path.cwd()),
+        min_length=1,
+        description="MLflow tracking URI; default: the SQLite store mlflow.db in the working "
+        "directory (absolute path), e.g. http://mlflow:5000 for a tracking server.",
+    )
+    mlflow_log_every_s: float = Field(
+        5.0,
+        ge=0.0,
+        description="The learner sends its metrics to MLflow after a commit at most this often "
+        "(0: after every commit).",
+    )
+    ope_sample_every: int = Field(
+        20,
+        ge=1,
+        description="The learner computes every policy's probabilities for the live off-policy "
+        "estimates on one event in this many (1: every event; more: less learner overhead).",
     )
     seed: int = Field(0, ge=0, description="Seed of the policies' random generators.")
     host: str = Field("127.0.0.1", min_length=1, description="Interface the API listens on.")

@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from bandit_router.config import Settings
 from bandit_router.featurizer import Featurizer
@@ -18,15 +19,19 @@ from bandit_router.storage import (
     DECISIONS,
     FEEDBACK_RECEIVED,
     Checkpoint,
+    Lease,
+    LeaseLostError,
     LoadedCheckpoint,
     Storage,
     StorageError,
 )
 from policies import Outcome, Preference
 from streams import (
+    TOPIC_DEADLETTER,
     TOPIC_DECISIONS,
     TOPIC_FEEDBACK,
     Bus,
+    DeadLetter,
     DecisionEvent,
     EventError,
     FeedbackEvent,
@@ -38,17 +43,23 @@ from streams import (
     encode,
 )
 from streams.joiner import DEFAULT_DECISION_TTL_S
+from streams.outbox import OutboxBus
+
+if TYPE_CHECKING:
+    from bandit_router.tracking import LearnerTracker
 
 log = logging.getLogger(__name__)
 
 GROUP = "learner"
-TOPICS = (TOPIC_DECISIONS, TOPIC_FEEDBACK)
 POLL_RECORDS = 500
 POLL_TIMEOUT_S = 0.1
 # After a short batch, wait this long before reading again: records then arrive in batches, so the
 # learner does not wake (and contend for the GIL) on every single routed request.
 LINGER_S = 0.02
 UNKNOWN_OFFSET = -1  # a dead letter whose source offset was lost (it waited across a restart)
+YIELD_EVERY = 32  # records between yields of the GIL (a yield costs a syscall, more on a busy CPU)
+DECISION_WAIT_S = 0.5  # one poll for more decisions when a feedback's is not known yet...
+MAX_DECISION_WAIT_S = 5.0  # ...and how long to keep polling while the bus says there are more
 
 
 class Learner:
@@ -57,6 +68,17 @@ class Learner:
     Progress since the last commit lives in memory: the offsets read, the join-store changes, the
     applied feedback, dead letters and counters. `commit` writes all of it with the policy
     snapshots in one `Storage.commit_checkpoint`; after a crash `open` resumes from that commit.
+
+    Order: every feedback's decision was published before the feedback was, so before applying a
+    feedback whose decision it has not seen, the learner reads on in the decisions topic until it
+    finds it (or nothing is left). A decision is therefore known before the feedback that follows
+    it, and the policies learn in the order of the feedback log, not in the order the bus happened
+    to deliver the two topics: a run that crashed and resumed ends in the same state as one that
+    did not (exactly so with one feedback partition; with several, their relative order is the
+    bus's).
+
+    Lease: with a ``lease``, every commit renews it and fails with `LeaseLostError` if another
+    learner took the group over (this one then stops without writing anything).
 
     Time: the joiner sees each record's bus timestamp, and expiry runs on the newest timestamp of
     the batch while catching up (the wall clock once caught up), so a replay after downtime makes
@@ -72,9 +94,14 @@ class Learner:
         checkpoint: LoadedCheckpoint,
         *,
         group: str = GROUP,
+        lease: Lease | None = None,
         clock: Callable[[], float] = time.time,
+        tracker: LearnerTracker | None = None,
     ) -> None:
         self.settings = settings
+        self.bus = bus
+        self.lease = lease
+        self.tracker = tracker  # MLflow metrics; sees each event before the policies learn it
         self.storage = storage
         self.policies = policies
         self.group = group
@@ -88,9 +115,9 @@ class Learner:
             applied=checkpoint.applied,
         )
         self._offsets = dict(checkpoint.offsets)
-        self._consumer = bus.consumer(
-            list(TOPICS), group, lambda topic, partition: self._offsets.get((topic, partition), 0)
-        )
+        self._decisions = bus.consumer([TOPIC_DECISIONS], group, self._start_offset)
+        self._feedback = bus.consumer([TOPIC_FEEDBACK], group, self._start_offset)
+        self._last_renewal = time.monotonic()
         # Where each waiting feedback came from, for its dead letter should it never join.
         self._origins: dict[str, tuple[str, int, int]] = {}
         self._committed_versions = {name: p.updates for name, p in policies.items()}
@@ -109,28 +136,80 @@ class Learner:
         featurizer: Featurizer,
         *,
         group: str = GROUP,
+        lease: Lease | None = None,
         clock: Callable[[], float] = time.time,
+        tracker: LearnerTracker | None = None,
     ) -> Learner:
         """A learner resumed from the last checkpoint of ``group``, policies included."""
         checkpoint = storage.load_checkpoint(group)
         policies = PolicySet.load(settings, featurizer, storage.list_models(), checkpoint.snapshots)
-        return cls(settings, storage, bus, policies, checkpoint, group=group, clock=clock)
+        return cls(
+            settings,
+            storage,
+            bus,
+            policies,
+            checkpoint,
+            group=group,
+            lease=lease,
+            clock=clock,
+            tracker=tracker,
+        )
 
     # --- the loop --------------------------------------------------------------------------------
     def run_once(self, timeout_s: float = POLL_TIMEOUT_S) -> int:
-        """Apply one batch, expire overdue feedback, commit if due; returns how many records."""
-        records = self._consumer.poll(max_records=POLL_RECORDS, timeout_s=timeout_s)
-        for record in records:
+        """Read and apply one batch, expire overdue feedback, commit if due; returns how many
+        records it read."""
+        records = self._decisions.poll(max_records=POLL_RECORDS, timeout_s=0)
+        self._handle_all(records)
+        feedback = self._feedback.poll(max_records=POLL_RECORDS, timeout_s=0 if records else timeout_s)
+        exhausted = False  # no decision left to read for now
+        for i, record in enumerate(feedback, 1):
+            if not exhausted and not self._joiner.knows_decision(record.key):
+                exhausted, read = self._read_decisions_until(record)
+                records += read
             self._handle(record)
-            # Hand the GIL to waiting request threads between records: otherwise a request that
-            # released it (for SQLite, say) waits out a whole switch interval (5 ms) to continue.
-            time.sleep(0)
+            if i % YIELD_EVERY == 0:
+                time.sleep(0)  # see _handle_all
+        records += feedback
         now = max(record.ts for record in records) if records else self._clock()
         for rejected in self._joiner.expire(now):
             self._dead_letter_feedback(rejected)
         if self._due():
             self.commit()
+        elif self.lease is not None and time.monotonic() - self._last_renewal > self.lease.ttl_s / 3:
+            self._renew()
         return len(records)
+
+    def _read_decisions_until(self, feedback: Record) -> tuple[bool, list[Record]]:
+        """Read (and handle) decisions until the feedback's decision is among them or none seem
+        left; returns (none left, the records read).
+
+        A feedback is published after its decision, so this finds it unless the decision never
+        existed. "None left" is judged three ways: a decision stamped at or after the feedback was
+        read (the producers' clocks agree), or an empty poll while the bus says it is at the end
+        (as of its last fetch, which can be stale on a slow broker: hence a long poll), or
+        `MAX_DECISION_WAIT_S` passed.
+        """
+        read: list[Record] = []
+        give_up = time.monotonic() + MAX_DECISION_WAIT_S
+        while True:
+            batch = self._decisions.poll(max_records=POLL_RECORDS, timeout_s=DECISION_WAIT_S)
+            self._handle_all(batch)
+            read += batch
+            if self._joiner.knows_decision(feedback.key):
+                return False, read
+            passed = bool(batch) and max(record.ts for record in batch) >= feedback.ts
+            at_end = not batch and self._decisions.caught_up()
+            if passed or at_end or time.monotonic() > give_up:
+                return True, read
+
+    def _handle_all(self, records: list[Record]) -> None:
+        for i, record in enumerate(records, 1):
+            self._handle(record)
+            if i % YIELD_EVERY == 0:
+                # Hand the GIL to waiting request threads now and then: otherwise a request that
+                # released it (for SQLite, say) waits out a whole switch interval (5 ms).
+                time.sleep(0)
 
     def run_forever(self, stop: threading.Event) -> None:
         """`run_once` until ``stop`` is set, then commit what is left."""
@@ -140,9 +219,28 @@ class Learner:
         self.close()
 
     def close(self) -> None:
-        """Commit what is left and stop reading."""
+        """Commit what is left, stop reading, hand the lease on (a standby takes over now) and
+        finish the MLflow run."""
         self.commit()
-        self._consumer.close()
+        self.stop_reading()
+        if self.lease is not None:
+            self.storage.release_lease(self.lease)
+        if self.tracker is not None:
+            self.tracker.close()
+
+    def stop_reading(self) -> None:
+        """Release the consumers without committing (after `LeaseLostError`, say)."""
+        self._decisions.close()
+        self._feedback.close()
+
+    def _renew(self) -> None:
+        assert self.lease is not None
+        if not self.storage.renew_lease(self.lease):
+            raise LeaseLostError(
+                f"learner {self.lease.holder!r} lost the lease of consumer group {self.group!r}"
+                f" (epoch {self.lease.epoch}) to another learner"
+            )
+        self._last_renewal = time.monotonic()
 
     def commit(self) -> None:
         """Write everything since the last commit, with changed policies' snapshots, atomically."""
@@ -160,7 +258,10 @@ class Learner:
             group=self.group,
             snapshots=snapshots,
             offsets=dict(self._offsets),
-            added_decisions=[(d.decision_id, encode(d), at) for d, at in changes.added_decisions],
+            added_decisions=[
+                (d.decision_id, self._decision_bytes.get(d.decision_id) or encode(d), at)
+                for d, at in changes.added_decisions
+            ],
             removed_decision_ids=changes.removed_decision_ids,
             added_waiting=[
                 (f.feedback_id, f.decision_id, encode(f), at) for f, at in changes.added_waiting
@@ -169,13 +270,23 @@ class Learner:
             applied=self._applied,
             dead_letters=self._dead_letters,
             counters={name: n for name, n in self._counters.items() if n},
+            outbox=[
+                (TOPIC_DEADLETTER, key, encode(DeadLetter.of(topic, partition, offset, value, why)))
+                for topic, partition, offset, key, why, value, _ in self._dead_letters
+            ],
+            lease=self.lease,
         )
         self.storage.commit_checkpoint(checkpoint)
+        self._last_renewal = time.monotonic()
+        if checkpoint.outbox and isinstance(self.bus, OutboxBus):
+            self.bus.notify()
         self._committed_versions.update({name: version for name, version, *_ in snapshots})
         self.applied_total += len(self._applied)
         self.dead_letters_total += len(self._dead_letters)
         self.commits_total += 1
         self._reset_batch()
+        if self.tracker is not None:
+            self.tracker.flush(self.policies.serving)
 
     # --- one record ------------------------------------------------------------------------------
     def _handle(self, record: Record) -> None:
@@ -209,6 +320,7 @@ class Learner:
                 )
                 return
             self._counters[DECISIONS] += 1
+            self._decision_bytes[event.decision_id] = record.value  # stored as is if it waits
             results = self._joiner.add_decision(event, now=record.ts)
         else:
             self._counters[FEEDBACK_RECEIVED] += 1
@@ -233,6 +345,8 @@ class Learner:
         with self.policies.lock:
             if any(arm not in policy.arm_index for _, policy in self.policies.items()):
                 self.policies.ensure_arm(arm, prior_outcome(self.storage.get_model(arm, True)))
+            if self.tracker is not None:
+                self.tracker.observe(self.policies, decision, x, outcome, preference)
             for _, policy in self.policies.items():
                 policy.update(x, arm, outcome, preference, decision.propensity)
             version = self.policies.serving_policy.updates
@@ -270,6 +384,9 @@ class Learner:
         self._dirty = True
 
     # --- bookkeeping -----------------------------------------------------------------------------
+    def _start_offset(self, topic: str, partition: int) -> int:
+        return self._offsets.get((topic, partition), 0)
+
     def _due(self) -> bool:
         if not self._dirty:
             return False
@@ -281,39 +398,10 @@ class Learner:
         self._applied: list[tuple[str, str, float, int]] = []
         self._dead_letters: list[tuple[str, int, int, str, str, bytes, float]] = []
         self._counters = {DECISIONS: 0, FEEDBACK_RECEIVED: 0}
+        self._decision_bytes: dict[str, bytes] = {}  # decisions read since the last commit
         self._uncommitted = 0
         self._dirty = False
         self._last_commit = time.monotonic()
-
-
-class LearnerThread:
-    """Runs a `Learner` in a daemon thread of the API process (the embedded default)."""
-
-    def __init__(self, learner: Learner) -> None:
-        self.learner = learner
-        self.error: BaseException | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="bandit-router-learner", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """Ask the loop to finish, wait for its final commit, then release the consumer."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout_s)
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def _run(self) -> None:
-        try:
-            self.learner.run_forever(self._stop)
-        except BaseException as error:  # reported by /readyz; the process keeps serving routes
-            self.error = error
-            log.exception("the learner stopped")
 
 
 def _decision(payload: bytes) -> DecisionEvent:

@@ -45,7 +45,7 @@ class _ServiceCollector(Collector):
         self._service = service
 
     def collect(self) -> Iterator[Metric]:
-        learner = self._service.learner
+        learner = self._service.running_learner
         if learner is not None:
             yield CounterMetricFamily(
                 "bandit_router_feedback_applied",

@@ -81,7 +81,17 @@ class PolicySet:
         policy_set = cls(policies, settings.serving_policy)
         for model in catalog:
             policy_set.ensure_arm(model.name, prior_outcome(model))
+        policy_set.share_linear_models()
         return policy_set
+
+    def share_linear_models(self) -> int:
+        """Let linear policies that hold the very same model (LinUCB and LinTS with the same
+        priors and history) learn it once for all of them; returns how many now share."""
+        linear = [p for p in self.policies.values() if isinstance(p, LinearPolicy)]
+        shared = 0
+        for i, policy in enumerate(linear):
+            shared += any(policy.share_model(leader) for leader in linear[:i])
+        return shared
 
     def ensure_arm(self, arm: str, prior: Outcome) -> None:
         """Add ``arm`` with ``prior`` to every policy that does not have it yet."""

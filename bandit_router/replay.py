@@ -192,6 +192,7 @@ def replay(dataset: RoutingDataset, config: ReplayConfig, progress: bool = True)
             uniforms = np.random.default_rng([config.seed, POLICY_NAMES.index(name)]).random(data.rows)
             choices = run_policy(policy, data, features, preference, uniforms, bar)
             regret = np.cumsum(best - _pick(utility, choices))
+            seen = checkpoints + 1
             results["runs"].append(
                 {"cost_weight": weight, "policy": name}
                 | _summary(_pick(utility, choices), _pick(data.quality, choices), _pick(data.cost, choices))
@@ -205,8 +206,18 @@ def replay(dataset: RoutingDataset, config: ReplayConfig, progress: bool = True)
                 {
                     "cost_weight": weight,
                     "policy": name,
-                    "rows": (checkpoints + 1).tolist(),
-                    "regret": regret[checkpoints].round(4).tolist(),
+                    "rows": seen.tolist(),
+                    "regret": regret[checkpoints].tolist(),
+                }
+                | {
+                    key: (np.cumsum(_pick(values, choices))[checkpoints] / seen).tolist()
+                    for key, values in (("utility", utility), ("quality", data.quality), ("cost", data.cost))
+                }
+                | {
+                    "shares": {
+                        model: (np.cumsum(choices == m)[checkpoints] / seen).tolist()
+                        for m, model in enumerate(data.models)
+                    }
                 }
             )
     bar.close()

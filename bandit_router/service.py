@@ -1,13 +1,22 @@
 """The router service without HTTP: route a request, accept feedback, report decisions, the
 catalog, the policies and the totals. `bandit_router.api` is a thin shell over it.
 
-The bus and the database engine are injected (embedded: SQLite and its log table; later Kafka and
-Postgres), so the same code paths serve both deployments.
+The bus and the database engine are injected (embedded: SQLite and its log table; distributed:
+Kafka and Postgres), so the same code paths serve both deployments. Three ways to run:
+
+- embedded (bus = 'embedded'): the learner runs in this process and the API routes with the
+  very policies it updates;
+- distributed with a learner (bus = 'kafka'): an `ActiveLearner` runs in this process (active or
+  standing by), and the API routes with its own copy of the policies, reloaded from the newest
+  snapshots every ``reload_every_s``, like every other replica;
+- a replica (``run_learner=False``): no learner; reloads snapshots only.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -26,10 +35,12 @@ from bandit_router.catalog import (
 )
 from bandit_router.config import ConfigError, Settings
 from bandit_router.featurizer import Featurizer
-from bandit_router.learner import Learner, LearnerThread
+from bandit_router.learner import GROUP, Learner
+from bandit_router.learner_runner import ActiveLearner, LearnerThread, learner_id
+from bandit_router.policy_factory import POLICY_NAMES
 from bandit_router.policy_set import PolicySet, prior_outcome
 from bandit_router.storage import Storage, check_schema, make_engine, migrate
-from policies import LinearPolicy, Preference
+from policies import POLICY_TYPES, LinearPolicy, Preference
 from streams import (
     TOPIC_DECISIONS,
     TOPIC_FEEDBACK,
@@ -43,8 +54,14 @@ from streams import (
     encode,
 )
 from streams.embedded import EmbeddedBus
+from streams.outbox import OutboxBus
+
+log = logging.getLogger(__name__)
 
 MAX_FEATURE_MAGNITUDE = 1e6  # larger context values overflow the policies' quadratic forms
+SERVING_POLICY = "serving_policy"  # the service_config key of the operator's serving choice
+
+log = logging.getLogger(__name__)
 
 
 class ServiceError(Exception):
@@ -135,6 +152,9 @@ class RouterService:
         self.engine = engine
         self.learner = learner
         self.learner_thread: LearnerThread | None = None
+        self.active_learner: ActiveLearner | None = None
+        self._reloader: threading.Thread | None = None
+        self._stopping = threading.Event()
         self._clock = clock
         self._rng = np.random.default_rng(settings.seed)
         self._catalog = {model.name: model for model in storage.list_models()}
@@ -148,16 +168,14 @@ class RouterService:
         engine: Engine | None = None,
         bus: Bus | None = None,
         seed_models: Iterable[CatalogModel] = DEMO_CATALOG,
+        run_learner: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> RouterService:
-        """The embedded service: the database at ``settings.database_url`` (SQLite is migrated
-        here, any other database must already be current), the catalog seeded with
-        ``seed_models`` if it never held a model, the learner resumed from its last checkpoint
-        (started by `start`)."""
-        if bus is None and settings.bus != "embedded":
-            raise ConfigError(
-                f"bus {settings.bus!r} is not available in this version; use bus = 'embedded'"
-            )
+        """The service on the database at ``settings.database_url`` (SQLite is migrated here,
+        any other database must already be current) and the bus of ``settings.bus`` behind a
+        durable outbox; the catalog seeded with ``seed_models`` if it never held a model. The
+        learner (started by `start`) resumes from its last checkpoint; ``run_learner=False``
+        makes an API replica that only reloads snapshots."""
         owns_engine = engine is None
         engine = engine or make_engine(settings.database_url)
         if engine.dialect.name == "sqlite":
@@ -166,36 +184,120 @@ class RouterService:
             check_schema(engine)
         storage = Storage(engine, clock)
         storage.seed_catalog(seed_models)
-        if bus is None:
-            bus = EmbeddedBus(engine, clock)
+        bus = OutboxBus(bus or open_bus(settings, engine, clock), engine, clock=clock)
         featurizer = Featurizer(settings.feature_dim)
-        learner = Learner.open(settings, storage, bus, featurizer, clock=clock)
+        tracker = None
+        if run_learner and settings.mlflow_enabled:
+            from bandit_router.tracking import LearnerTracker
+
+            models = [model.name for model in storage.list_models()]
+            tracker = LearnerTracker.start(settings, models, group=GROUP)
+        learner = None
+        if run_learner and settings.bus == "embedded":
+            # One process owns an embedded database: it may take the lease over at once.
+            lease = storage.acquire_lease(
+                GROUP, learner_id(), settings.learner_lease_s, take_over=True
+            )
+            learner = Learner.open(
+                settings, storage, bus, featurizer, lease=lease, clock=clock, tracker=tracker
+            )
+            policies = learner.policies
+        else:
+            snapshots = storage.newest_snapshots(settings.policies)
+            policies = PolicySet.load(settings, featurizer, storage.list_models(), snapshots)
+        stored = storage.config_value(SERVING_POLICY)
+        if stored in policies:
+            policies.serving = stored
+        elif stored is not None:
+            log.warning(
+                "the stored serving policy %r is not among policies %s; serving %r",
+                stored,
+                settings.policies,
+                settings.serving_policy,
+            )
         service = cls(
             settings,
             storage,
             bus,
             featurizer,
-            learner.policies,
+            policies,
             engine=engine,
             learner=learner,
             clock=clock,
         )
+        if run_learner and learner is None:
+            service.active_learner = ActiveLearner(
+                settings, storage, bus, featurizer, tracker=tracker, clock=clock
+            )
         service._owns_engine = owns_engine
         return service
 
     def start(self) -> None:
-        """Start the learner in a background thread (if this service has one)."""
-        if self.learner is not None and self.learner_thread is None:
-            self.learner_thread = LearnerThread(self.learner)
+        """Start the learner in a background thread (if this service has one), and the snapshot
+        reloader if the API does not share the learner's policies."""
+        if self.learner_thread is not None:
+            return
+        if self.learner is not None:
+            self.learner_thread = LearnerThread(self.learner.run_forever)
+        elif self.active_learner is not None:
+            self.learner_thread = LearnerThread(self.active_learner.run)
+        if self.learner_thread is not None:
             self.learner_thread.start()
+        if self.learner is None:
+            self._reloader = threading.Thread(
+                target=self._reload_loop, name="bandit-router-reload", daemon=True
+            )
+            self._reloader.start()
 
     def close(self) -> None:
-        """Stop the learner after its final commit and release the bus."""
+        """Stop the learner after its final commit, the reloader, and release the bus."""
+        self._stopping.set()
         if self.learner_thread is not None:
             self.learner_thread.stop()
+        elif self.learner is not None and self.learner.tracker is not None:
+            self.learner.tracker.close()  # the learner never ran, so never closed its run
+        if self._reloader is not None:
+            self._reloader.join(timeout=10)
         self.bus.close()
         if self._owns_engine and self.engine is not None:
             self.engine.dispose()
+
+    @property
+    def running_learner(self) -> Learner | None:
+        """The learner working in this process right now (None for a replica or a standby)."""
+        if self.learner is not None:
+            return self.learner
+        return None if self.active_learner is None else self.active_learner.learner
+
+    # --- snapshot reload (replicas) ------------------------------------------------------------
+    def reload(self) -> list[str]:
+        """Swap in every policy whose newest stored snapshot is newer than the live one, and
+        pick up catalog and serving-policy changes other replicas made; returns the reloaded
+        policies' names."""
+        stored = self.storage.snapshot_versions()
+        with self.policies.lock:
+            stale = [n for n, p in self.policies.items() if stored.get(n, -1) > p.updates]
+        fresh = {
+            name: POLICY_TYPES[name].from_state(snapshot.state)
+            for name, snapshot in self.storage.newest_snapshots(stale).items()
+        } if stale else {}
+        catalog = {model.name: model for model in self.storage.list_models()}
+        serving = self.storage.config_value(SERVING_POLICY)
+        with self.policies.lock:
+            self.policies.policies.update(fresh)
+            if serving in self.policies:  # another replica switched it (PUT /v1/policies/serving)
+                self.policies.serving = serving
+            for model in catalog.values():
+                self.policies.ensure_arm(model.name, prior_outcome(model))
+            self._catalog = dict(sorted(catalog.items()))
+        return sorted(fresh)
+
+    def _reload_loop(self) -> None:
+        while not self._stopping.wait(self.settings.reload_every_s):
+            try:
+                self.reload()
+            except Exception:  # the database may be briefly away; keep serving what we have
+                log.exception("reloading policy snapshots failed; retrying")
 
     # --- route -----------------------------------------------------------------------------------
     def route(
@@ -352,7 +454,7 @@ class RouterService:
         harmless (the learner ignores redeliveries).
         """
         decision = self._logged_decision(decision_id)
-        if decision is None and isinstance(self.bus, RecordFinder):
+        if decision is None and self._finder() is not None:
             raise NotFoundError("decision_id", f"no decision {decision_id!r} was routed here")
         if cost is None and decision is not None:
             cost = self._catalog_cost(decision.chosen, input_tokens, output_tokens)
@@ -387,10 +489,16 @@ class RouterService:
         except CatalogError as error:
             raise InvalidRequestError("input_tokens", str(error)) from None
 
+    def _finder(self) -> RecordFinder | None:
+        """The bus, if it can look records up by key (the embedded log can; Kafka cannot)."""
+        bus = self.bus.inner if isinstance(self.bus, OutboxBus) else self.bus
+        return bus if isinstance(bus, RecordFinder) else None
+
     def _logged_decision(self, decision_id: str) -> DecisionEvent | None:
-        if not isinstance(self.bus, RecordFinder):
+        finder = self._finder()
+        if finder is None:
             return None
-        for record in self.bus.find(TOPIC_DECISIONS, decision_id):
+        for record in finder.find(TOPIC_DECISIONS, decision_id):
             try:
                 event = decode(record.value)
             except EventError:
@@ -461,6 +569,23 @@ class RouterService:
                 for name, policy in self.policies.items()
             ]
 
+    def set_serving_policy(self, name: str) -> str:
+        """Serve ``name`` from now on (it must be one of the learning policies); stored in the
+        database so it survives restarts and other replicas pick it up. Returns the previous one."""
+        if name not in self.policies:
+            known = ", ".join(self.policies)
+            if name in POLICY_NAMES:
+                message = f"policy {name!r} does not learn in this deployment; choose from {known}"
+            else:
+                message = f"unknown policy {name!r}; choose from {known}"
+            raise InvalidRequestError("policy", message)
+        with self.policies.lock:
+            previous = self.policies.serving
+            self.storage.set_config_value(SERVING_POLICY, name)
+            self.policies.serving = name
+        log.info("serving policy switched from %s to %s", previous, name)
+        return previous
+
     def stats(self) -> dict[str, int]:
         """Committed totals (decisions and feedback as the learner consumed them) and the serving
         policy's live version."""
@@ -478,7 +603,9 @@ class RouterService:
         return {key: int(totals.get(key, 0)) for key in keys} | {"policy_version": version}
 
     def readiness(self) -> dict[str, Any]:
-        """Whether the database answers and the learner thread runs, with the reason if not."""
+        """Whether the database answers and the learner thread runs, with the reason if not,
+        and the bus's state: ``degraded`` while events wait in the outbox for the broker (the
+        service still routes, so it stays ready)."""
         checks: dict[str, Any] = {}
         try:
             engine = self.engine
@@ -490,13 +617,49 @@ class RouterService:
             checks["database"] = f"unreachable: {error}"
         thread = self.learner_thread
         if thread is None:
-            checks["learner"] = "not started" if self.learner is not None else "external"
-        elif thread.alive:
-            checks["learner"] = "ok"
-        else:
+            idle = self.learner is not None or self.active_learner is not None
+            checks["learner"] = "not started" if idle else "external"
+        elif not thread.alive:
             checks["learner"] = f"stopped: {thread.error!r}"
-        checks["ready"] = checks["database"] == "ok" and checks["learner"] in ("ok", "external")
+        elif self.active_learner is not None and self.active_learner.state == "standby":
+            checks["learner"] = "standby"
+        else:
+            checks["learner"] = "ok"
+        checks["bus"] = "ok"
+        if isinstance(self.bus, OutboxBus):
+            try:
+                status = self.bus.status()
+                if status["state"] != "ok":
+                    checks["bus"] = (
+                        f"degraded: {status['pending']} events kept in the outbox until the bus "
+                        f"answers ({status['error']})"
+                    )
+            except Exception as error:  # the outbox lives in the database
+                checks["bus"] = f"unknown: {error}"
+        checks["ready"] = checks["database"] == "ok" and checks["learner"] in (
+            "ok",
+            "standby",
+            "external",
+        )
         return checks
+
+
+def open_bus(settings: Settings, engine: Engine, clock: Callable[[], float] = time.time) -> Bus:
+    """The bus ``settings.bus`` names: the embedded log in ``engine``'s SQLite file, or Kafka."""
+    if settings.bus == "kafka":
+        from streams.kafka import KafkaBus
+
+        return KafkaBus(
+            settings.kafka_bootstrap,
+            partitions=settings.kafka_partitions,
+            request_timeout_s=settings.kafka_timeout_s,
+        )
+    if engine.dialect.name != "sqlite":
+        raise ConfigError(
+            f"the embedded bus keeps its log in a SQLite database, not {engine.dialect.name}; "
+            "with this database use the Kafka bus (--bus kafka://HOST:PORT)"
+        )
+    return EmbeddedBus(engine, clock)
 
 
 def catalog_model(name: str, **values: Any) -> CatalogModel:

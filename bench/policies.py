@@ -1,4 +1,5 @@
-"""Throughput of our LinUCB/LinTS/BaRP vs MABWiser and river on one seeded stream and one BLAS thread.
+"""Throughput of our LinUCB/LinTS/Vowpal Wabbit/BaRP policies vs MABWiser and river on one seeded
+stream and one BLAS thread.
 
 Run ``python -m bench.policies``; writes ``policies.json`` and ``policies.md`` under ``--out``.
 """
@@ -24,7 +25,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 from tqdm import tqdm
 
 from bandit_router.featurizer import N_DENSE
-from policies import BaRP, LinTS, LinUCB, Outcome, Policy, Preference, Scales
+from policies import BaRP, LinTS, LinUCB, Outcome, Policy, Preference, Scales, VowpalWabbit
 
 ARMS = 8
 DIM = 256
@@ -198,6 +199,7 @@ def machine(blas_threads: list[int]) -> dict[str, Any]:
         "numpy": np.__version__,
         "mabwiser": version("mabwiser"),
         "river": version("river"),
+        "vowpalwabbit": version("vowpalwabbit"),
         "cpu_count": os.cpu_count(),
         "blas_threads": blas_threads,
         "load_average_1min": round(os.getloadavg()[0], 2),
@@ -224,10 +226,12 @@ def run(decisions: int, updates: int, seed: int) -> dict[str, Any]:
     fallback = np.arange(DIM - N_DENSE, DIM)
     linucb = LinUCB(arms, DIM, Scales(cost=1.0), alpha=ALPHA, fallback_features=fallback)
     lints = LinTS(arms, DIM, Scales(cost=1.0), scale=ALPHA, seed=seed, fallback_features=fallback)
+    vw = VowpalWabbit(arms, DIM, Scales(cost=1.0), seed=seed)
     barp = BaRP(arms, DIM, Scales(cost=1.0), seed=seed)
     contenders = [
         ours(linucb, stream, warm),
         ours(lints, stream, warm),
+        ours(vw, stream, warm),
         ours(barp, stream, warm),
         mabwiser(LearningPolicy.LinUCB(alpha=ALPHA, l2_lambda=L2_LAMBDA), stream, warm, seed),
         mabwiser(LearningPolicy.LinTS(alpha=ALPHA, l2_lambda=L2_LAMBDA), stream, warm, seed),
@@ -320,7 +324,7 @@ def run(decisions: int, updates: int, seed: int) -> dict[str, Any]:
 def markdown(report: dict[str, Any]) -> str:
     config, machine_info, ratios = report["config"], report["machine"], report["ratios"]
     lines = [
-        "# Policy throughput: ours vs MABWiser vs river",
+        "# Policy throughput: ours (LinUCB, LinTS, Vowpal Wabbit) vs MABWiser vs river",
         "",
         "BaRP has no counterpart in those libraries; its row is for comparison with our linear "
         "policies (a forward pass per decision; a forward pass, backward pass and Adam step per "
@@ -330,7 +334,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"{config['warmup_rows']} warm-up rows for every library; one BLAS thread "
         f"({machine_info['blas_threads']}), Python {machine_info['python']}, numpy "
         f"{machine_info['numpy']}, mabwiser {machine_info['mabwiser']}, river "
-        f"{machine_info['river']}, {machine_info['cpu_count']} CPUs, 1-min load average "
+        f"{machine_info['river']}, vowpalwabbit {machine_info['vowpalwabbit']}, "
+        f"{machine_info['cpu_count']} CPUs, 1-min load average "
         f"{machine_info['load_average_1min']} when the run ended (other jobs were running).",
         "",
         "| library | policy | decisions/s | updates/s | decision calls | update calls |",
@@ -346,7 +351,9 @@ def markdown(report: dict[str, Any]) -> str:
         "Slower libraries get fewer calls (the call columns); rates are per second either way.",
         "",
         "Timed calls (decision / update):",
-        "- ours: `probabilities(x, arms, preference)` / `update(x, arm, outcome, preference, p)`",
+        "- ours: `probabilities(x, arms, preference)` / `update(x, arm, outcome, preference, p)`;",
+        "  VowpalWabbit is `policies.vw` (`--cb_explore_adf --squarecb`, x*a, w*a and w*x*a",
+        "  interactions), which writes each call as VW text and lets VW parse it",
         "- MABWiser: `predict(row)` / `partial_fit([arm], [reward], row)`, row a (1, d) array,",
         "  after one `fit` on the warm-up rows",
         "- river: `pull(arms, context=c)` / `update(arm, c, reward)`, c a dict built untimed",

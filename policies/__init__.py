@@ -1,7 +1,8 @@
-"""Bandit math: preference and utility, the policy interface, linear bandits, baselines, off-policy
-estimators.
+"""Bandit math: preference and utility, the policy interface, linear bandits, a Vowpal Wabbit learner,
+baselines, off-policy estimators.
 
-Pure numpy/scipy: no I/O, no imports from `streams` or `bandit_router`.
+Pure numpy/scipy/vowpalwabbit: no I/O (beyond VW's model file in a temporary directory), no imports
+from `streams` or `bandit_router`.
 """
 
 from policies.barp import BaRP
@@ -21,9 +22,10 @@ from policies.preference import (
     utilities,
     utility,
 )
+from policies.vw import VowpalWabbit
 
 POLICY_TYPES: dict[str, type[Policy]] = {
-    cls.name: cls for cls in (LinUCB, LinTS, BaRP, UniformRandom, FixedArm, EpsilonGreedy)
+    cls.name: cls for cls in (LinUCB, LinTS, VowpalWabbit, BaRP, UniformRandom, FixedArm, EpsilonGreedy)
 }
 
 __all__ = [
@@ -41,6 +43,7 @@ __all__ = [
     "Preference",
     "Scales",
     "UniformRandom",
+    "VowpalWabbit",
     "argmax_distribution",
     "doubly_robust",
     "ips",

@@ -24,6 +24,51 @@ DEFAULT_PRIOR = Outcome(quality=0.5, cost=0.0, latency_ms=0.0)
 FALLBACK, FULL = 0, 1
 
 
+class LinearModel:
+    """What a linear policy learns: per arm the full and the fallback ridge model of each outcome,
+    and their prequential squared errors ``(arms, 2, 3)``.
+
+    LinUCB and linear Thompson sampling with the same priors learn exactly the same model from
+    the same events, so they may share one (`LinearPolicy.share_model`): it then learns each event
+    once, whichever of them is updated first. ``events`` counts the events learned.
+    """
+
+    def __init__(self, ridge: RidgeArms, fallback: RidgeArms, errors: np.ndarray, events: int) -> None:
+        self.ridge = ridge
+        self.fallback = fallback
+        self.errors = errors
+        self.events = events
+
+    @property
+    def arm_count(self) -> int:
+        return self.errors.shape[0]
+
+    def add_arm(self, prior_mean: np.ndarray) -> None:
+        self.ridge.add_arm(prior_mean)
+        self.fallback.add_arm(prior_mean)
+        self.errors = np.concatenate([self.errors, np.zeros((1, 2, N_OUTCOMES))])
+
+    def learn(self, k: int, x: np.ndarray, y: np.ndarray) -> None:
+        """Score both models on the event (prequentially), then learn it."""
+        known = ~np.isnan(y)
+        for model, ridge in ((FALLBACK, self.fallback), (FULL, self.ridge)):
+            self.errors[k, model, known] += (ridge.predict_arm(k, x)[known] - y[known]) ** 2
+            ridge.update(k, x, y)
+        self.events += 1
+
+    def same_as(self, other: LinearModel) -> bool:
+        """Whether ``other`` holds exactly this model (priors, data, errors)."""
+        if self.events != other.events or not np.array_equal(self.errors, other.errors):
+            return False
+        ours = self.ridge.arrays() | {f"fallback.{k}": v for k, v in self.fallback.arrays().items()}
+        theirs = other.ridge.arrays() | {
+            f"fallback.{k}": v for k, v in other.fallback.arrays().items()
+        }
+        return ours.keys() == theirs.keys() and all(
+            np.array_equal(ours[key], theirs[key]) for key in ours
+        )
+
+
 class LinearPolicy(Policy):
     """Base for the linear bandits: ridge predictions of every outcome, combined per request.
 
@@ -57,23 +102,51 @@ class LinearPolicy(Policy):
     ) -> None:
         features = np.broadcast_to(np.asarray(feature_precision, dtype=float), (dim,))
         columns = np.asarray(fallback_features, dtype=np.intp)
-        self.ridge = RidgeArms(dim, np.concatenate(([intercept_precision], features)))
-        self.fallback = RidgeArms(
-            dim, np.concatenate(([intercept_precision], features[columns])), columns
+        self.model = LinearModel(
+            RidgeArms(dim, np.concatenate(([intercept_precision], features))),
+            RidgeArms(dim, np.concatenate(([intercept_precision], features[columns])), columns),
+            np.empty((0, 2, N_OUTCOMES)),
+            events=0,
         )
-        # Prequential squared error per arm, model (FALLBACK, FULL) and outcome.
-        self.errors = np.empty((0, 2, N_OUTCOMES))
         super().__init__(arms, scales, floor)
+
+    @property
+    def ridge(self) -> RidgeArms:
+        return self.model.ridge
+
+    @property
+    def fallback(self) -> RidgeArms:
+        return self.model.fallback
+
+    @property
+    def errors(self) -> np.ndarray:
+        """Prequential squared error per arm, model (FALLBACK, FULL) and outcome."""
+        return self.model.errors
 
     @property
     def dim(self) -> int:
         return self.ridge.dim
 
+    def share_model(self, other: LinearPolicy) -> bool:
+        """Learn through ``other``'s model from now on, if it is exactly this policy's (same
+        arms, priors, data and count of events); True if it is now shared.
+
+        Each event is then learned once, by whichever sharing policy is updated first; both must
+        be updated with every event (the learner updates every policy).
+        """
+        shareable = (
+            other.model is not self.model
+            and self.arms == other.arms
+            and self.updates == other.updates
+            and self.model.same_as(other.model)
+        )
+        if shareable:
+            self.model = other.model
+        return shareable
+
     def _grow(self, prior: Outcome | None) -> None:
-        prior_mean = np.nan_to_num(normalized(prior or DEFAULT_PRIOR, self.scales))
-        self.ridge.add_arm(prior_mean)
-        self.fallback.add_arm(prior_mean)
-        self.errors = np.concatenate([self.errors, np.zeros((1, 2, N_OUTCOMES))])
+        if self.model.arm_count < len(self.arms):  # a sharing policy may have added it already
+            self.model.add_arm(np.nan_to_num(normalized(prior or DEFAULT_PRIOR, self.scales)))
 
     def uses_full_model(self) -> np.ndarray:
         """``(3,)``: whether each outcome is predicted by the full model (else by the fallback)."""
@@ -86,11 +159,8 @@ class LinearPolicy(Policy):
         # Regressing outcomes on the context is unbiased whatever the logging policy was, so the
         # preference and propensity are not needed here.
         k = self.indices([arm])[0]
-        y = normalized(outcome, self.scales)
-        known = ~np.isnan(y)
-        for model, ridge in ((FALLBACK, self.fallback), (FULL, self.ridge)):
-            self.errors[k, model, known] += (ridge.predict_arm(k, x)[known] - y[known]) ** 2
-            ridge.update(k, x, y)
+        if self.model.events == self.updates:  # not learned yet by a policy sharing the model
+            self.model.learn(k, x, normalized(outcome, self.scales))
         self.updates += 1
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -130,9 +200,12 @@ class LinearPolicy(Policy):
         def part(prefix: str) -> dict[str, np.ndarray]:
             return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
-        self.ridge = RidgeArms.from_arrays(part("full."))
-        self.fallback = RidgeArms.from_arrays(part("fallback."))
-        self.errors = np.array(state["errors"], dtype=float)
+        self.model = LinearModel(
+            RidgeArms.from_arrays(part("full.")),
+            RidgeArms.from_arrays(part("fallback.")),
+            np.array(state["errors"], dtype=float),
+            events=self.updates,
+        )
         self._restore_config(state)
 
     def _restore_config(self, state: dict[str, np.ndarray]) -> None:

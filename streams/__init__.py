@@ -1,6 +1,6 @@
 """Event I/O: versioned event schemas, the event bus adapters and the decision/feedback joiner."""
 
-from streams.bus import Bus, BusClosedError, Consumer, Record
+from streams.bus import Bus, BusClosedError, BusUnavailableError, Consumer, Record
 from streams.events import (
     TOPIC_DEADLETTER,
     TOPIC_DECISIONS,
@@ -22,6 +22,7 @@ __all__ = [
     "TOPIC_FEEDBACK",
     "Bus",
     "BusClosedError",
+    "BusUnavailableError",
     "Consumer",
     "DeadLetter",
     "DecisionEvent",

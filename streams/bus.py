@@ -31,6 +31,19 @@ class BusClosedError(RuntimeError):
     """A bus or consumer was used after ``close()``."""
 
 
+class BusUnavailableError(RuntimeError):
+    """The bus could not take a write in time (e.g. the broker is down).
+
+    ``published`` leading records of the write were acknowledged (stored); of the rest nothing is
+    known: one may still have reached the broker, so a caller that keeps them for a retry must
+    tolerate duplicates. The same bus works again once the broker is back.
+    """
+
+    def __init__(self, message: str, published: int = 0) -> None:
+        super().__init__(message)
+        self.published = published
+
+
 class Consumer(Protocol):
     """Reads the partitions assigned to it, from the offsets its caller chose."""
 
@@ -45,6 +58,11 @@ class Consumer(Protocol):
         """The (topic, partition) pairs this consumer reads."""
         ...
 
+    def caught_up(self) -> bool:
+        """Whether the records polled so far reach the end of every assigned partition, as far as
+        the consumer knows (a networked consumer may only know it as of its last fetch)."""
+        ...
+
     def close(self) -> None:
         """Stop reading; polling afterwards raises ``BusClosedError``."""
         ...
@@ -54,7 +72,10 @@ class Bus(Protocol):
     """A durable, partitioned, append-only log of keyed records."""
 
     def publish(self, topic: str, key: str, value: bytes) -> int:
-        """Append one record and return its offset; it is durable when this returns."""
+        """Append one record and return its offset; it is durable when this returns.
+
+        A networked bus raises ``BusUnavailableError`` when it cannot store the record in time.
+        """
         ...
 
     def publish_many(self, records: Sequence[tuple[str, str, bytes]]) -> list[int]:

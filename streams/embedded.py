@@ -253,6 +253,7 @@ class EmbeddedConsumer:
     def __init__(self, bus: EmbeddedBus, topics: list[str], start_offset: StartOffset) -> None:
         self._bus = bus
         self._next = {topic: check_start(topic, 0, start_offset(topic, 0)) for topic in topics}
+        self._caught_up = False
         self._closed = False
 
     def poll(self, max_records: int = 500, timeout_s: float = 0.1) -> list[Record]:
@@ -264,6 +265,7 @@ class EmbeddedConsumer:
                 raise BusClosedError("cannot poll: the consumer or its bus is closed")
             generation = self._bus._generation_now()
             records = self._read(max_records)
+            self._caught_up = not records
             if records:
                 for record in records:
                     self._next[record.topic] = record.offset + 1
@@ -276,6 +278,10 @@ class EmbeddedConsumer:
     def assignment(self) -> list[tuple[str, int]]:
         """``(topic, 0)`` for each subscribed topic."""
         return [(topic, 0) for topic in self._next]
+
+    def caught_up(self) -> bool:
+        """Whether the last poll found nothing left to read."""
+        return self._caught_up
 
     def close(self) -> None:
         """Stop reading."""

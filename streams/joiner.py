@@ -135,6 +135,10 @@ class Joiner:
         self._start_batch()
 
     # --- the three events ------------------------------------------------------------------------
+    def knows_decision(self, decision_id: str) -> bool:
+        """Whether ``decision_id`` is pending or already joined."""
+        return decision_id in self._pending or decision_id in self._applied
+
     def add_decision(self, decision: DecisionEvent, now: float) -> list[Joined | Rejected]:
         """Record a decision; returns the waiting feedback it releases (rule 3), or ``[]``."""
         decision_id = decision.decision_id

@@ -110,6 +110,7 @@ class InMemoryConsumer:
     def __init__(self, bus: InMemoryBus, topics: list[str], start_offset: StartOffset) -> None:
         self._bus = bus
         self._next = {topic: check_start(topic, 0, start_offset(topic, 0)) for topic in topics}
+        self._caught_up = False
         self._turn = 0
         self._closed = False
 
@@ -123,6 +124,7 @@ class InMemoryConsumer:
             # Rotating the starting topic keeps a busy topic from starving the others.
             self._turn = (self._turn + 1) % len(self._next)
             records, generation = self._bus._read(self._next, max_records, self._turn)
+            self._caught_up = not records
             if records:
                 for record in records:
                     self._next[record.topic] = record.offset + 1
@@ -135,6 +137,10 @@ class InMemoryConsumer:
     def assignment(self) -> list[tuple[str, int]]:
         """``(topic, 0)`` for each subscribed topic."""
         return [(topic, 0) for topic in self._next]
+
+    def caught_up(self) -> bool:
+        """Whether the last poll found nothing left to read."""
+        return self._caught_up
 
     def close(self) -> None:
         """Stop reading."""

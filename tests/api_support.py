@@ -1,4 +1,5 @@
-"""Helpers for the service tests: an app on a fresh SQLite file, and polling with a deadline."""
+"""Helpers for the service tests: an app on a fresh SQLite file, polling with a deadline, and a
+three-model world whose policies' true values are known."""
 
 from __future__ import annotations
 
@@ -11,11 +12,27 @@ from typing import Any, TypeVar
 from fastapi.testclient import TestClient
 
 from bandit_router.api import create_app
+from bandit_router.catalog import CatalogModel, typical_cost
 from bandit_router.config import Settings
+from policies import Outcome, Preference, Scales, utility
 
 T = TypeVar("T")
 
 FAST_LEARNER = {"snapshot_every_s": 0.05, "feature_dim": 64}
+
+# Three models whose quality does not depend on the prompt: every policy's true value is known.
+MODELS = (
+    CatalogModel("small", price_per_call=0.0002, prior_quality=0.5),
+    CatalogModel("medium", price_per_call=0.002, prior_quality=0.5),
+    CatalogModel("large", price_per_call=0.01, prior_quality=0.5),
+)
+QUALITY = {"small": 0.3, "medium": 0.75, "large": 0.8}
+
+
+def true_value(preference: Preference, scales: Scales, probabilities: dict[str, float]) -> float:
+    """The mean utility of routing to each model with the given probability."""
+    outcomes = {m.name: Outcome(QUALITY[m.name], typical_cost(m)) for m in MODELS}
+    return sum(p * utility(outcomes[name], preference, scales) for name, p in probabilities.items())
 
 
 def settings_for(tmp_path: Path, **overrides: Any) -> Settings:

@@ -37,7 +37,7 @@ def test_route_answers_with_a_model_and_logs_the_decision(client):
     assert min(body["probabilities"].values()) >= 0.005  # the exploration floor
     assert body["policy"] == "linucb" and body["policy_version"] == 0
     assert set(body["expected"]) == {"quality", "cost", "latency_ms"}
-    [record] = service_of(client).bus.find(TOPIC_DECISIONS, body["decision_id"])
+    [record] = service_of(client).bus.inner.find(TOPIC_DECISIONS, body["decision_id"])
     event = decode(record.value)
     assert event.chosen == body["model"] and event.preference == (0.7, 0.3, 0.0)
 
@@ -81,7 +81,7 @@ def test_missing_cost_is_priced_from_the_catalog(client):
             "feedback_id": "f-priced",
         },
     )
-    [record] = service_of(client).bus.find(TOPIC_FEEDBACK, decision["decision_id"])
+    [record] = service_of(client).bus.inner.find(TOPIC_FEEDBACK, decision["decision_id"])
     catalog = {m.name: m for m in DEMO_CATALOG}
     assert decode(record.value).cost == pytest.approx(call_cost(catalog[model], 1200, 400))
 
@@ -185,7 +185,7 @@ def test_own_features_instead_of_a_prompt(client):
     x = np.zeros(64)
     x[[3, 60]] = [0.5, 1.0]
     body = client.post("/v1/route", json={"features": x.tolist(), "cost_weight": 0.5}).json()
-    [record] = service_of(client).bus.find(TOPIC_DECISIONS, body["decision_id"])
+    [record] = service_of(client).bus.inner.find(TOPIC_DECISIONS, body["decision_id"])
     features = decode(record.value).features
     assert features.indices == (3, 60) and features.values == (0.5, 1.0)
 
@@ -196,7 +196,7 @@ def test_health_readiness_and_metrics(tmp_path):
         settings_for(tmp_path / "second")
     ) as second:
         assert client.get("/healthz").json() == {"status": "ok"}
-        assert client.get("/readyz").json() == {"ready": True, "database": "ok", "learner": "ok"}
+        assert client.get("/readyz").json() == {"ready": True, "database": "ok", "learner": "ok", "bus": "ok"}
         decision = client.post("/v1/route", json={"prompt": PROMPT, "policy": "random"}).json()
         client.post("/v1/feedback", json={"decision_id": decision["decision_id"], "quality": 1})
         wait_for(applied(client, 1))

@@ -172,7 +172,8 @@ def test_train_writes_a_snapshot_that_replay_and_the_service_start_from(tmp_path
     assert trained.updates == 600 and trained.dim == 64
 
     code = main(["replay", str(SAMPLE_DATA), "--policies", "barp", "--barp-snapshot", str(snapshot),
-                 "--limit", "50", "--dim", "64", "--out", str(tmp_path / "out"), "--quiet"])
+                 "--limit", "50", "--dim", "64", "--out", str(tmp_path / "out"), "--quiet",
+                 "--no-mlflow"])
     assert code == 0
 
     settings = Settings(policies=["linucb", "barp"], feature_dim=64, cost_scale=1.0,

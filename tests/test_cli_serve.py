@@ -1,4 +1,4 @@
-"""`bandit-router serve` and `db upgrade`: bad flags or settings exit 2 with one line, before any
+"""`bandit-router serve`, `learn` and `db upgrade`: bad flags or settings exit 2 with one line, before any
 server starts; `db upgrade` brings a database to the newest schema."""
 
 from __future__ import annotations
@@ -23,7 +23,11 @@ from bandit_router.storage import head_revision
         (["serve", "--config", "missing.toml"], {}, "config file missing.toml (from --config)"),
         (["serve", "--frobnicate"], {}, "unrecognized arguments: --frobnicate"),
         (["serve"], {"BANDIT_ROUTER_FEATURE_DIM": "8"}, "feature_dim"),
-        (["serve"], {"BANDIT_ROUTER_BUS": "kafka"}, "bus 'kafka' is not available"),
+        (["serve", "--bus", "kafka"], {}, "'kafka' is not a bus; use 'embedded' or kafka://HOST:PORT"),
+        (["serve", "--bus", "redis://x:1"], {}, "'redis://x:1' is not a bus"),
+        (["serve", "--no-learner"], {}, "--no-learner needs the Kafka bus"),
+        (["learn", "--bus", "kafka://"], {}, "'kafka://' is not a bus"),
+        (["learn", "--database", "not a url"], {}, "is not a SQLAlchemy database URL"),
         (["db"], {}, "the following arguments are required: db_command"),
         (["db", "upgrade", "--database", "nope"], {}, "is not a SQLAlchemy database URL"),
     ],

@@ -28,6 +28,7 @@ def test_defaults_without_environment_or_file() -> None:
     assert settings.database_url == "sqlite:///bandit-router.db"
     assert settings.bus == "embedded"
     assert settings.kafka_bootstrap == "127.0.0.1:9092"
+    assert settings.kafka_partitions == 1 and settings.kafka_timeout_s == 5.0
     assert settings.serving_policy == "linucb"
     assert settings.policies == ["linucb", "lints", "egreedy", "random"]
     assert settings.feature_dim == 256
@@ -36,10 +37,13 @@ def test_defaults_without_environment_or_file() -> None:
     assert settings.latency_scale_ms == 10_000
     assert settings.floor == 0.005
     assert settings.join_horizon_s == 3600
-    assert settings.snapshot_every_events == 500
+    assert settings.snapshot_every_events == 5_000
+    assert settings.learner_lease_s == 10.0
     assert settings.snapshot_every_s == 2.0
     assert settings.reload_every_s == 2.0
-    assert settings.mlflow_tracking_uri is None
+    assert settings.mlflow_enabled is True  # (tests/conftest.py turns it off for other tests)
+    assert settings.mlflow_uri == f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    assert settings.ope_sample_every == 20 and settings.mlflow_log_every_s == 5.0
     assert (settings.seed, settings.host, settings.port, settings.keep_prompts) == (
         0,
         "127.0.0.1",

@@ -166,8 +166,11 @@ def test_dead_letter_keeps_the_original_value_as_text() -> None:
         "payload": '{"schema":"feedback/9"}\ufffd',
     }
     assert DeadLetter.of("router.feedback", 0, 0, None, "tombstone").payload == ""
-    with pytest.raises(EventError, match="offset"):
-        DeadLetter("router.feedback", 0, -1, "why", "")
+    assert DeadLetter("router.feedback", 0, -1, "why", "").offset == -1  # -1: origin unknown
+    with pytest.raises(EventError, match="'offset' must be >= -1"):
+        DeadLetter("router.feedback", 0, -2, "why", "")
+    with pytest.raises(EventError, match="'partition' must be >= 0"):
+        DeadLetter("router.feedback", -1, 0, "why", "")
     # A dead letter is not an input event.
     with pytest.raises(EventError, match="unknown schema 'deadletter/1'"):
         decode(encoded)

@@ -11,7 +11,9 @@ from bandit_router.catalog import CatalogModel
 from bandit_router.config import Settings
 from bandit_router.featurizer import Featurizer
 from bandit_router.learner import Learner
+from bandit_router.policy_set import PolicySet
 from bandit_router.storage import Storage, make_engine, migrate
+from policies import Outcome
 from streams import (
     TOPIC_DECISIONS,
     TOPIC_FEEDBACK,
@@ -21,6 +23,7 @@ from streams import (
     encode,
 )
 from streams.embedded import EmbeddedBus
+from streams.memory import InMemoryBus
 
 ARMS = ("cheap", "mid", "strong")
 DIM = 64
@@ -184,3 +187,41 @@ def test_out_of_order_feedback_waits_across_a_restart_and_expires_at_the_horizon
     assert detail["reason"] == "no decision d2 arrived within the join horizon of 60s"
     stats = storage.stats()
     assert stats["waiting_feedback"] == 0 and stats["feedback_applied"] == 1
+
+
+def test_feedback_is_applied_in_the_order_of_its_log_whatever_the_decisions_delivery(world):
+    """The decisions topic is read ahead as far as each feedback needs, so policies learn in the
+    feedback log's order even when that order is far from the decisions' and a poll returns only
+    part of the backlog."""
+    settings, storage, _, clock, _ = world
+    rng = np.random.default_rng(11)
+    count = 1_200  # more than two polls' worth of records on each topic
+    decisions = [decision(i, rng) for i in range(count)]
+    order = rng.permutation(count)
+    events = [feedback(int(i), float(rng.random())) for i in order]
+
+    def learn(bus: InMemoryBus) -> Learner:
+        learner = Learner(settings, storage, bus, PolicySet.load(settings, Featurizer(DIM), [], {}),
+                          storage.load_checkpoint("fresh"), group="fresh", clock=clock)
+        for arm in ARMS:
+            learner.policies.ensure_arm(arm, Outcome(0.5))
+        while learner.run_once(timeout_s=0):
+            pass
+        return learner
+
+    split = InMemoryBus()  # decisions first, then the feedback in its shuffled order
+    split.publish_many([(TOPIC_DECISIONS, d.decision_id, encode(d)) for d in decisions])
+    split.publish_many([(TOPIC_FEEDBACK, f.decision_id, encode(f)) for f in events])
+    interleaved = InMemoryBus()  # each feedback right after its decision, in the same order
+    for f in events:
+        interleaved.publish(TOPIC_DECISIONS, f.decision_id, encode(decisions[int(f.decision_id[1:])]))
+        interleaved.publish(TOPIC_FEEDBACK, f.decision_id, encode(f))
+
+    first, second = learn(split), learn(interleaved)
+    assert [fid for fid, *_ in first._applied] == [f.feedback_id for f in events]
+    assert [fid for fid, *_ in second._applied] == [f.feedback_id for f in events]
+    for name, policy in first.policies.items():
+        assert policy.updates == count
+        reference = second.policies[name].state()
+        for key, array in policy.state().items():
+            assert np.array_equal(array, reference[key]), f"{name}.{key}"

@@ -171,3 +171,42 @@ def test_lints_win_probabilities_match_the_posterior():
     expected = norm.cdf((means[1] - means[0]) / np.sqrt(widths[0] ** 2 + widths[1] ** 2))
     p = policy.probabilities(x, ["a", "b"], Preference())
     assert p[1] == pytest.approx(expected, abs=3 * np.sqrt(0.25 / 20000))
+
+
+def assert_states_equal(actual: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> None:
+    assert actual.keys() == expected.keys()
+    for key, value in expected.items():
+        np.testing.assert_array_equal(actual[key], value, err_msg=key)
+
+
+def test_linucb_and_lints_sharing_one_model_learn_exactly_as_apart() -> None:
+    rng = np.random.default_rng(3)
+    dim, arms = 12, ["a", "b", "c"]
+    kwargs = dict(arms=arms, dim=dim, scales=Scales(1.0, 1000.0), fallback_features=[0, 1])
+    apart = [LinUCB(**kwargs), LinTS(**kwargs, seed=4)]
+    together = [LinUCB(**kwargs), LinTS(**kwargs, seed=4)]
+    assert together[1].share_model(together[0]) and together[1].model is together[0].model
+    assert not together[1].share_model(together[0])  # already shared
+    for step in range(300):
+        if step == 100:  # an arm added at run time lands once in the shared model
+            for policy in apart + together:
+                policy.add_arm("d", Outcome(0.6, 0.1))
+        x = rng.normal(size=dim)
+        arm = (arms + ["d"])[step % (4 if step >= 100 else 3)]
+        outcome = Outcome(float(rng.random()), float(rng.random()), float(rng.random()) * 500)
+        preference = Preference.from_cost_weight(0.3)
+        # The follower first, sometimes: whichever is updated first learns for both.
+        for policy in (together if step % 2 else together[::-1]) + apart:
+            policy.update(x, arm, outcome, preference, 0.25)
+    assert together[0].model.events == 300 == together[1].updates
+    for ours, theirs in zip(together, apart, strict=True):
+        assert_states_equal(ours.state(), theirs.state())
+    x = rng.normal(size=dim)
+    for ours, theirs in zip(together, apart, strict=True):
+        assert np.array_equal(
+            ours.probabilities(x, arms, Preference.from_cost_weight(0.5)),
+            theirs.probabilities(x, arms, Preference.from_cost_weight(0.5)),
+        )
+    # Different histories are never shared.
+    apart[0].update(x, "a", Outcome(1.0), Preference.from_cost_weight(0.1), 1.0)
+    assert not apart[1].share_model(apart[0])

@@ -45,6 +45,8 @@ OWN_TABLES = {
     "applied_feedback",
     "dead_letters",
     "counters",
+    "learner_leases",
+    "service_config",
 }
 
 
@@ -103,20 +105,21 @@ def assert_same_state(actual: dict[str, np.ndarray], expected: dict[str, np.ndar
 
 def test_migrate_creates_every_table_and_is_idempotent(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'fresh.db'}"
-    assert migrate(url) == head_revision() == "0001"
+    head = head_revision()
+    assert migrate(url) == head
     engine = make_engine(url)
     try:
         tables = set(inspect(engine).get_table_names())
-        assert tables == OWN_TABLES | {"event_log", "alembic_version"}
+        assert tables == OWN_TABLES | {"event_log", "outbox", "alembic_version"}
         with engine.begin() as connection:
             connection.execute(text("INSERT INTO counters (name, value) VALUES ('decisions', 7)"))
 
-        assert upgrade(engine) == "0001"  # again, through the alias and an engine: a no-op
+        assert upgrade(engine) == head  # again, through the alias and an engine: a no-op
 
         assert set(inspect(engine).get_table_names()) == tables
         with engine.connect() as connection:
             assert connection.execute(text("SELECT version_num FROM alembic_version")).all() == [
-                ("0001",)
+                (head,)
             ]
             assert connection.execute(text("SELECT value FROM counters")).scalar_one() == 7
         check_schema(engine)
@@ -168,10 +171,12 @@ def test_orm_models_and_migrated_schema_do_not_drift(engine: Engine) -> None:
     assert [(op[0], op[2], op[3].name) for op in diff] == [("add_column", "counters", "extra")]
 
 
-def test_streams_event_log_table_matches_the_migration(engine: Engine) -> None:
+def test_streams_tables_match_the_migrations(engine: Engine) -> None:
     embedded = pytest.importorskip("streams.embedded")
+    pytest.importorskip("streams.outbox")  # adds its table to the same metadata
     options = {
-        "include_object": lambda obj, name, type_, *_: type_ != "table" or name == "event_log",
+        "include_object": lambda obj, name, type_, *_: type_ != "table"
+        or name in ("event_log", "outbox"),
         "compare_type": True,
     }
     with engine.connect() as connection:
@@ -194,7 +199,7 @@ def test_make_engine_names_a_missing_folder(tmp_path: Path) -> None:
 def test_check_schema_asks_for_an_upgrade_on_an_unmigrated_database(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'empty.db'}")
     try:
-        with pytest.raises(SchemaNotCurrentError, match=r"\(none\).*needs 0001.*db upgrade"):
+        with pytest.raises(SchemaNotCurrentError, match=rf"\(none\).*needs {head_revision()}.*db upgrade"):
             check_schema(engine)
     finally:
         engine.dispose()
@@ -519,3 +524,16 @@ def test_stats_and_counters(storage: Storage) -> None:
         "pending_decisions": 3,
         "waiting_feedback": 1,
     }
+
+
+def test_service_config_values_are_stored_replaced_and_stamped(
+    storage: Storage, engine: Engine, clock: FakeClock
+) -> None:
+    assert storage.config_value("serving_policy") is None
+    storage.set_config_value("serving_policy", "lints")
+    clock.now += 5
+    storage.set_config_value("serving_policy", "random")
+    assert storage.config_value("serving_policy") == "random"
+    with engine.connect() as connection:
+        rows = connection.execute(text("SELECT key, value, updated_at FROM service_config")).all()
+    assert rows == [("serving_policy", "random", clock.now)]

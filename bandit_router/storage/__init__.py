@@ -3,7 +3,7 @@ migrations. Import from here; the submodules are an implementation detail."""
 
 from __future__ import annotations
 
-from bandit_router.storage.checkpoint import Checkpoint, LoadedCheckpoint, Snapshot
+from bandit_router.storage.checkpoint import Checkpoint, Lease, LoadedCheckpoint, Snapshot
 from bandit_router.storage.engine import (
     MIGRATIONS_DIR,
     alembic_config,
@@ -15,6 +15,7 @@ from bandit_router.storage.engine import (
 )
 from bandit_router.storage.errors import (
     CheckpointRejectedError,
+    LeaseLostError,
     SchemaNotCurrentError,
     StateCodecError,
     StorageError,
@@ -30,6 +31,8 @@ __all__ = [
     "Base",
     "Checkpoint",
     "CheckpointRejectedError",
+    "Lease",
+    "LeaseLostError",
     "LoadedCheckpoint",
     "SchemaNotCurrentError",
     "Snapshot",

@@ -17,6 +17,16 @@ class Snapshot(NamedTuple):
     state: dict[str, np.ndarray]
 
 
+@dataclass(frozen=True)
+class Lease:
+    """A learner's claim to be the active one of ``group``: ``epoch`` fences out older holders."""
+
+    group: str
+    holder: str
+    epoch: int
+    ttl_s: float
+
+
 @dataclass
 class Checkpoint:
     """Everything the learner changed since its last commit, written atomically."""
@@ -38,6 +48,10 @@ class Checkpoint:
     dead_letters: list[tuple[str, int, int, str, str, bytes, float]] = field(default_factory=list)
     # counter name -> delta
     counters: dict[str, int] = field(default_factory=dict)
+    # (topic, key, value): records for the bus, queued in the outbox by the same transaction
+    outbox: list[tuple[str, str, bytes]] = field(default_factory=list)
+    # if set, the commit renews this lease and is refused (LeaseLostError) if it was taken over
+    lease: Lease | None = None
 
 
 @dataclass(frozen=True)

@@ -17,3 +17,7 @@ class CheckpointRejectedError(StorageError):
 
 class StateCodecError(ValueError):
     """A policy state cannot be stored without pickle, or stored bytes are not a policy state."""
+
+
+class LeaseLostError(CheckpointRejectedError):
+    """Another learner took over the consumer group; this one must stop and reload."""

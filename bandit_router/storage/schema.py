@@ -32,10 +32,10 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-# Tables the first migration creates that belong to another package: `streams.embedded` owns the
-# embedded bus's log and describes it with its own Core metadata. Autogenerate must not propose
-# dropping them just because they are absent from `Base.metadata`.
-TABLES_OWNED_ELSEWHERE = frozenset({"event_log"})
+# Tables the migrations create that belong to another package: `streams.embedded` owns the
+# embedded bus's log and `streams.outbox` the outbox, each described with Core metadata.
+# Autogenerate must not propose dropping them just because they are absent from `Base.metadata`.
+TABLES_OWNED_ELSEWHERE = frozenset({"event_log", "outbox"})
 
 
 class Base(DeclarativeBase):
@@ -139,6 +139,30 @@ class CounterRow(Base):
 
     name: Mapped[str] = mapped_column(String(NAME_LENGTH), primary_key=True)
     value: Mapped[int] = mapped_column(BigInteger)
+
+
+class LearnerLeaseRow(Base):
+    """Which learner process is the active one of a consumer group, until when, and its epoch.
+
+    Every checkpoint renews the lease in its own transaction, checking the epoch: a learner that
+    lost the lease (it stalled past ``expires_at`` and another took over) can no longer commit.
+    """
+
+    __tablename__ = "learner_leases"
+
+    group: Mapped[str] = mapped_column(String(NAME_LENGTH), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    epoch: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[float] = mapped_column(Float)
+class ServiceConfigRow(Base):
+    """An operator's run-time choice that outlives the process and reaches every replica
+    (``serving_policy``), as text under a key."""
+
+    __tablename__ = "service_config"
+
+    key: Mapped[str] = mapped_column(String(NAME_LENGTH), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[float] = mapped_column(Float)
 
 
 def include_object(

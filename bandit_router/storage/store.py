@@ -15,19 +15,22 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
 from bandit_router.catalog import CatalogError, CatalogModel
-from bandit_router.storage.checkpoint import Checkpoint, LoadedCheckpoint, Snapshot
-from bandit_router.storage.errors import CheckpointRejectedError
+from bandit_router.storage.checkpoint import Checkpoint, Lease, LoadedCheckpoint, Snapshot
+from bandit_router.storage.errors import CheckpointRejectedError, LeaseLostError
 from bandit_router.storage.schema import (
     AppliedFeedbackRow,
     CatalogModelRow,
     ConsumerOffsetRow,
     CounterRow,
     DeadLetterRow,
+    LearnerLeaseRow,
     PendingDecisionRow,
     PolicySnapshotRow,
+    ServiceConfigRow,
     WaitingFeedbackRow,
 )
 from bandit_router.storage.state_codec import decode_state, encode_state
+from streams.outbox import OUTBOX, outbox_rows
 
 DECISIONS = "decisions"  # counters the API keeps
 FEEDBACK_RECEIVED = "feedback_received"
@@ -97,13 +100,16 @@ class Storage:
         if duplicates:
             raise CatalogError(f"seed catalog lists {', '.join(duplicates)} more than once")
         now = self._clock()
-        with self._sessions.begin() as session:
-            if session.scalar(select(func.count()).select_from(CatalogModelRow)):
-                return 0
-            for model in models:
-                row = CatalogModelRow(name=model.name, removed_at=None, updated_at=now)
-                _copy_catalog_fields(model, row)
-                session.add(row)
+        try:
+            with self._sessions.begin() as session:
+                if session.scalar(select(func.count()).select_from(CatalogModelRow)):
+                    return 0
+                for model in models:
+                    row = CatalogModelRow(name=model.name, removed_at=None, updated_at=now)
+                    _copy_catalog_fields(model, row)
+                    session.add(row)
+        except IntegrityError:  # another replica starting at the same moment seeded it first
+            return 0
         return len(models)
 
     # --- learner checkpoints ---------------------------------------------------------------
@@ -122,6 +128,14 @@ class Storage:
         ]
         try:
             with self._sessions.begin() as session:
+                # First, so the lease row stays locked until the commit: a learner taking over
+                # waits for this transaction and then loads what it wrote.
+                if checkpoint.lease is not None and not _renew(session, checkpoint.lease, now):
+                    raise LeaseLostError(
+                        f"learner {checkpoint.lease.holder!r} lost the lease of consumer group "
+                        f"{checkpoint.group!r} (epoch {checkpoint.lease.epoch}) to another "
+                        "learner; nothing of this checkpoint was written"
+                    )
                 _insert(session, PolicySnapshotRow, snapshots)
                 _prune_snapshots(session, {policy for policy, *_ in checkpoint.snapshots})
                 for (topic, partition), next_offset in checkpoint.offsets.items():
@@ -145,12 +159,68 @@ class Storage:
                 _insert(session, DeadLetterRow, _dead_letter_rows(checkpoint.dead_letters))
                 _add_counters(session, checkpoint.counters)
                 _insert(session, AppliedFeedbackRow, _applied_rows(checkpoint.applied))
+                if checkpoint.outbox:
+                    session.execute(insert(OUTBOX), outbox_rows(checkpoint.outbox, now))
         except IntegrityError as error:
             raise CheckpointRejectedError(
                 f"checkpoint of consumer group {checkpoint.group!r} was rolled back, nothing of it "
                 f"was written: {error.orig} (feedback applied to a decision twice, or a snapshot "
                 "version reused?)"
             ) from error
+
+    # --- the learner lease -------------------------------------------------------------------
+
+    def acquire_lease(
+        self, group: str, holder: str, ttl_s: float, *, take_over: bool = False
+    ) -> Lease | None:
+        """Become the active learner of ``group`` for ``ttl_s`` seconds, with a new epoch.
+
+        Succeeds if nobody holds the lease, it expired, ``holder`` already holds it, or
+        ``take_over`` (a single-process service that knows no other learner can be alive);
+        returns None while another learner holds it. Every checkpoint renews it.
+        """
+        now = self._clock()
+        claim = update(LearnerLeaseRow).where(LearnerLeaseRow.group == group)
+        if not take_over:
+            claim = claim.where(
+                (LearnerLeaseRow.holder == holder) | (LearnerLeaseRow.expires_at < now)
+            )
+        claim = claim.values(
+            holder=holder, epoch=LearnerLeaseRow.epoch + 1, expires_at=now + ttl_s
+        ).returning(LearnerLeaseRow.epoch)
+        try:
+            with self._sessions.begin() as session:
+                epoch = session.scalar(claim)
+                if epoch is None:
+                    if session.get(LearnerLeaseRow, group) is not None:
+                        return None
+                    session.add(
+                        LearnerLeaseRow(group=group, holder=holder, epoch=1, expires_at=now + ttl_s)
+                    )
+                    epoch = 1
+        except IntegrityError:  # another learner created the row first
+            return None
+        return Lease(group, holder, int(epoch), ttl_s)
+
+    def renew_lease(self, lease: Lease) -> bool:
+        """Extend ``lease`` by its ttl; False if another learner took it over."""
+        with self._sessions.begin() as session:
+            return _renew(session, lease, self._clock())
+
+    def release_lease(self, lease: Lease) -> None:
+        """Let a standby take over at once (a clean shutdown); no-op if already taken over."""
+        with self._sessions.begin() as session:
+            session.execute(
+                update(LearnerLeaseRow)
+                .where(LearnerLeaseRow.group == lease.group, LearnerLeaseRow.epoch == lease.epoch)
+                .values(expires_at=0.0)
+            )
+
+    def lease_holder(self, group: str) -> tuple[str, int, float] | None:
+        """``(holder, epoch, expires_at)`` of ``group``'s lease, if it ever had one."""
+        with self._sessions() as session:
+            row = session.get(LearnerLeaseRow, group)
+            return None if row is None else (row.holder, row.epoch, row.expires_at)
 
     def load_checkpoint(self, group: str) -> LoadedCheckpoint:
         """The last committed state of consumer group ``group`` (empty if it never committed)."""
@@ -277,6 +347,18 @@ class Storage:
         with self._sessions() as session:
             return session.scalar(select(CounterRow.value).where(CounterRow.name == name)) or 0
 
+    # --- service config --------------------------------------------------------------------
+
+    def config_value(self, key: str) -> str | None:
+        """The stored value of run-time setting ``key`` (e.g. ``serving_policy``); None if unset."""
+        with self._sessions() as session:
+            return session.scalar(select(ServiceConfigRow.value).where(ServiceConfigRow.key == key))
+
+    def set_config_value(self, key: str, value: str) -> None:
+        """Store run-time setting ``key`` (replacing any earlier value)."""
+        with self._sessions.begin() as session:
+            session.merge(ServiceConfigRow(key=key, value=value, updated_at=self._clock()))
+
 
 def _catalog_model(row: CatalogModelRow) -> CatalogModel:
     return CatalogModel(
@@ -334,6 +416,19 @@ def _prune_snapshots(session: Session, policies: Iterable[str]) -> None:
                     PolicySnapshotRow.policy == policy, PolicySnapshotRow.version < oldest_kept
                 )
             )
+
+
+def _renew(session: Session, lease: Lease, now: float) -> bool:
+    result = session.execute(
+        update(LearnerLeaseRow)
+        .where(
+            LearnerLeaseRow.group == lease.group,
+            LearnerLeaseRow.holder == lease.holder,
+            LearnerLeaseRow.epoch == lease.epoch,
+        )
+        .values(expires_at=now + lease.ttl_s)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 def _add_counters(session: Session, deltas: dict[str, int]) -> None:
