@@ -60,3 +60,34 @@ def test_bad_inputs_are_refused():
         ips(np.ones(3), np.ones(2), np.ones(3))
     with pytest.raises(ValueError, match="zero probability"):
         snips(np.ones(3), np.full(3, 0.5), np.zeros(3))
+
+
+def test_snips_and_dr_cover_a_contextual_target_within_two_standard_errors_on_50_seeds():
+    """Contextual logs (a skewed logging policy, rewards linear in the context) and a target policy
+    whose value is known exactly from the model: SNIPS and DR land within 2 standard errors of it
+    on at least 90% of 50 seeds."""
+    hits = {"snips": 0, "dr": 0}
+    for seed in range(50):
+        rng = np.random.default_rng(1000 + seed)
+        n, arms = 2000, 4
+        x = rng.normal(size=(n, 3))
+        weights = rng.normal(size=(3, arms)) * 0.3
+        means = 1 / (1 + np.exp(-(x @ weights + np.linspace(-0.5, 0.5, arms))))  # (n, arms)
+        logits = x @ rng.normal(size=(3, arms))
+        logging = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        logging = 0.05 + (1 - arms * 0.05) * logging  # every arm keeps a floor
+        actions = np.array([rng.choice(arms, p=p) for p in logging])
+        rewards = (rng.random(n) < means[np.arange(n), actions]).astype(float)
+        target = np.full((n, arms), 0.1 / (arms - 1))
+        target[np.arange(n), means.argmax(axis=1)] = 0.9  # mostly the best arm
+        truth = float(np.mean((target * means).sum(axis=1)))  # E_x sum_a pi(a|x) mu(a, x)
+        logged = logging[np.arange(n), actions]
+        target_logged = target[np.arange(n), actions]
+        predicted = np.clip(means + rng.normal(0, 0.05, size=means.shape), 0, 1)  # a decent model
+        estimates = {
+            "snips": snips(rewards, logged, target_logged),
+            "dr": doubly_robust(rewards, logged, target, actions, predicted),
+        }
+        for name, estimate in estimates.items():
+            hits[name] += abs(estimate.value - truth) <= 2 * estimate.stderr
+    assert hits["snips"] >= 45 and hits["dr"] >= 45, hits
