@@ -54,7 +54,7 @@ OUTBOX = Table(
 NOT_YET_PUBLISHED = -1
 """The offset `OutboxBus.publish` returns for a record it kept in the outbox."""
 
-FLUSH_BATCH = 500
+FLUSH_BATCH = 100  # records per write to the bus; a write that times out is resent whole
 RETRY_S = 1.0
 
 
