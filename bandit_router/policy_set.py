@@ -14,7 +14,7 @@ from bandit_router.config import Settings
 from bandit_router.featurizer import Featurizer
 from bandit_router.policy_factory import PolicyParams, make_policy
 from bandit_router.storage import Snapshot, StorageError
-from policies import POLICY_TYPES, BaRP, LinearPolicy, Outcome, Policy, Scales
+from policies import POLICY_TYPES, BaRP, LinearPolicy, Outcome, Policy, Scales, VowpalWabbit
 
 UNKNOWN_QUALITY_PRIOR = 0.5
 
@@ -71,7 +71,7 @@ class PolicySet:
                 policy = make_policy(name, [], featurizer, scales, params, seed=settings.seed)
             else:
                 policy = POLICY_TYPES[name].from_state(snapshot.state)
-            if isinstance(policy, LinearPolicy | BaRP) and policy.dim != featurizer.dim:
+            if isinstance(policy, LinearPolicy | BaRP | VowpalWabbit) and policy.dim != featurizer.dim:
                 raise StorageError(
                     f"the stored {name} policy reads {policy.dim} features but feature_dim "
                     f"is {featurizer.dim}; set feature_dim back to {policy.dim} or use a new "

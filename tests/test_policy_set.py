@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from bandit_router.catalog import DEMO_CATALOG
 from bandit_router.config import Settings
 from bandit_router.featurizer import Featurizer
 from bandit_router.policy_set import PolicySet
-from bandit_router.storage import Snapshot
+from bandit_router.storage import Snapshot, StorageError
 from policies import Outcome, Preference
 
 
@@ -32,3 +33,14 @@ def test_fresh_and_restored_linear_policies_share_their_model() -> None:
     snapshots["lints"] = Snapshot(0, 0, untrained.state())
     apart = PolicySet.load(settings, featurizer, DEMO_CATALOG, snapshots)
     assert apart["lints"].model is not apart["linucb"].model  # different histories
+
+
+def test_a_stored_policy_of_another_feature_dim_is_refused_at_load() -> None:
+    settings = Settings(feature_dim=64, policies=["linucb", "vw"])
+    narrow = PolicySet.load(settings, Featurizer(64), DEMO_CATALOG, {})
+    for name in ("linucb", "vw"):
+        snapshots = {name: Snapshot(0, 0, narrow[name].state())}
+        wide = Settings(feature_dim=128, policies=[name], serving_policy=name)
+        message = rf"stored {name} policy reads 64 features but feature_dim is 128"
+        with pytest.raises(StorageError, match=message):
+            PolicySet.load(wide, Featurizer(128), DEMO_CATALOG, snapshots)
