@@ -331,25 +331,18 @@ def _learn(args: argparse.Namespace) -> None:
     from bandit_router.learner import GROUP
     from bandit_router.learner_runner import ActiveLearner
     from bandit_router.service import open_bus
-    from bandit_router.storage import Storage, check_schema, make_engine, migrate
+    from bandit_router.storage import Storage, make_engine, prepare_schema
+    from bandit_router.tracking import LearnerTracker
     from streams.outbox import OutboxBus
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)  # its INFO is every connection's story
     settings = _service_settings(args, **mlflow_overrides(args))
     engine = make_engine(settings.database_url)
-    if engine.dialect.name == "sqlite":
-        migrate(engine)
-    else:
-        check_schema(engine)
+    prepare_schema(engine)
     bus = OutboxBus(open_bus(settings, engine), engine)
     storage = Storage(engine)
-    tracker = None
-    if settings.mlflow_enabled:
-        from bandit_router.tracking import LearnerTracker
-
-        models = [model.name for model in storage.list_models()]
-        tracker = LearnerTracker.start(settings, models, group=GROUP)
+    tracker = LearnerTracker.for_learner(settings, storage, GROUP)
     learner = ActiveLearner(
         settings, storage, bus, Featurizer(settings.feature_dim), tracker=tracker
     )
@@ -381,7 +374,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     from bandit_router.evaluate import evaluate, markdown, parse_since, read_logged, write_evaluation
     from bandit_router.featurizer import Featurizer
     from bandit_router.policy_set import PolicySet
-    from bandit_router.service import open_bus
+    from bandit_router.service import open_bus, use_stored_serving_policy
     from bandit_router.storage import Storage, check_schema, make_engine
 
     settings = _service_settings(args)
@@ -393,9 +386,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         policies = PolicySet.load(
             settings, Featurizer(settings.feature_dim), storage.list_models(), storage.newest_snapshots()
         )
-        stored = storage.config_value("serving_policy")
-        if stored in policies:
-            policies.serving = stored
+        use_stored_serving_policy(policies, storage)
         bus = open_bus(settings, engine)
         try:
             results = evaluate(read_logged(bus), policies, since)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from bandit_router.config import Settings
@@ -163,13 +163,11 @@ class Learner:
         self._handle_all(records)
         feedback = self._feedback.poll(max_records=POLL_RECORDS, timeout_s=0 if records else timeout_s)
         exhausted = False  # no decision left to read for now
-        for i, record in enumerate(feedback, 1):
+        for record in _paced(feedback):
             if not exhausted and not self._joiner.knows_decision(record.key):
                 exhausted, read = self._read_decisions_until(record)
                 records += read
             self._handle(record)
-            if i % YIELD_EVERY == 0:
-                time.sleep(0)  # see _handle_all
         records += feedback
         now = max(record.ts for record in records) if records else self._clock()
         for rejected in self._joiner.expire(now):
@@ -204,12 +202,8 @@ class Learner:
                 return True, read
 
     def _handle_all(self, records: list[Record]) -> None:
-        for i, record in enumerate(records, 1):
+        for record in _paced(records):
             self._handle(record)
-            if i % YIELD_EVERY == 0:
-                # Hand the GIL to waiting request threads now and then: otherwise a request that
-                # released it (for SQLite, say) waits out a whole switch interval (5 ms).
-                time.sleep(0)
 
     def run_forever(self, stop: threading.Event) -> None:
         """`run_once` until ``stop`` is set, then commit what is left."""
@@ -402,6 +396,15 @@ class Learner:
         self._uncommitted = 0
         self._dirty = False
         self._last_commit = time.monotonic()
+
+
+def _paced(records: list[Record]) -> Iterator[Record]:
+    """``records``, handing the GIL to waiting request threads every `YIELD_EVERY` of them:
+    otherwise a request that released it (for SQLite, say) waits out a whole switch interval."""
+    for i, record in enumerate(records, 1):
+        yield record
+        if i % YIELD_EVERY == 0:
+            time.sleep(0)
 
 
 def _decision(payload: bytes) -> DecisionEvent:

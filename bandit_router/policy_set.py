@@ -8,6 +8,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 
+import numpy as np
+
 from bandit_router.barp_training import load_snapshot
 from bandit_router.catalog import CatalogModel, default_cost_scale, typical_cost
 from bandit_router.config import Settings
@@ -25,6 +27,22 @@ def prior_outcome(model: CatalogModel | None) -> Outcome:
         return Outcome(quality=UNKNOWN_QUALITY_PRIOR)
     quality = UNKNOWN_QUALITY_PRIOR if model.prior_quality is None else model.prior_quality
     return Outcome(quality=quality, cost=typical_cost(model))
+
+
+def restore_policy(name: str, state: dict[str, np.ndarray], featurizer: Featurizer) -> Policy:
+    """The policy called ``name`` rebuilt from a stored state; refused (`StorageError`) if it
+    reads another number of features than ``featurizer`` produces."""
+    return _check_feature_dim(name, POLICY_TYPES[name].from_state(state), featurizer)
+
+
+def _check_feature_dim(name: str, policy: Policy, featurizer: Featurizer) -> Policy:
+    if isinstance(policy, LinearPolicy | BaRP | VowpalWabbit) and policy.dim != featurizer.dim:
+        raise StorageError(
+            f"the stored {name} policy reads {policy.dim} features but feature_dim "
+            f"is {featurizer.dim}; set feature_dim back to {policy.dim} or use a new "
+            "database"
+        )
+    return policy
 
 
 class PolicySet:
@@ -65,19 +83,12 @@ class PolicySet:
         policies: dict[str, Policy] = {}
         for name in settings.policies:
             snapshot = snapshots.get(name)
-            if snapshot is None and name == "barp" and settings.barp_snapshot is not None:
-                policy = load_snapshot(settings.barp_snapshot)
-            elif snapshot is None:
-                policy = make_policy(name, [], featurizer, scales, params, seed=settings.seed)
+            if snapshot is not None:
+                policies[name] = restore_policy(name, snapshot.state, featurizer)
+            elif name == "barp" and settings.barp_snapshot is not None:
+                policies[name] = _check_feature_dim(name, load_snapshot(settings.barp_snapshot), featurizer)
             else:
-                policy = POLICY_TYPES[name].from_state(snapshot.state)
-            if isinstance(policy, LinearPolicy | BaRP | VowpalWabbit) and policy.dim != featurizer.dim:
-                raise StorageError(
-                    f"the stored {name} policy reads {policy.dim} features but feature_dim "
-                    f"is {featurizer.dim}; set feature_dim back to {policy.dim} or use a new "
-                    "database"
-                )
-            policies[name] = policy
+                policies[name] = make_policy(name, [], featurizer, scales, params, seed=settings.seed)
         policy_set = cls(policies, settings.serving_policy)
         for model in catalog:
             policy_set.ensure_arm(model.name, prior_outcome(model))

@@ -38,9 +38,10 @@ from bandit_router.featurizer import Featurizer
 from bandit_router.learner import GROUP, Learner
 from bandit_router.learner_runner import ActiveLearner, LearnerThread, learner_id
 from bandit_router.policy_factory import POLICY_NAMES
-from bandit_router.policy_set import PolicySet, prior_outcome
-from bandit_router.storage import Storage, check_schema, make_engine, migrate
-from policies import POLICY_TYPES, LinearPolicy, Preference
+from bandit_router.policy_set import PolicySet, prior_outcome, restore_policy
+from bandit_router.storage import Storage, make_engine, prepare_schema
+from bandit_router.tracking import LearnerTracker
+from policies import LinearPolicy, Preference
 from streams import (
     TOPIC_DECISIONS,
     TOPIC_FEEDBACK,
@@ -178,20 +179,12 @@ class RouterService:
         makes an API replica that only reloads snapshots."""
         owns_engine = engine is None
         engine = engine or make_engine(settings.database_url)
-        if engine.dialect.name == "sqlite":
-            migrate(engine)
-        else:
-            check_schema(engine)
+        prepare_schema(engine)
         storage = Storage(engine, clock)
         storage.seed_catalog(seed_models)
         bus = OutboxBus(bus or open_bus(settings, engine, clock), engine, clock=clock)
         featurizer = Featurizer(settings.feature_dim)
-        tracker = None
-        if run_learner and settings.mlflow_enabled:
-            from bandit_router.tracking import LearnerTracker
-
-            models = [model.name for model in storage.list_models()]
-            tracker = LearnerTracker.start(settings, models, group=GROUP)
+        tracker = LearnerTracker.for_learner(settings, storage, GROUP) if run_learner else None
         learner = None
         if run_learner and settings.bus == "embedded":
             # One process owns an embedded database: it may take the lease over at once.
@@ -205,16 +198,7 @@ class RouterService:
         else:
             snapshots = storage.newest_snapshots(settings.policies)
             policies = PolicySet.load(settings, featurizer, storage.list_models(), snapshots)
-        stored = storage.config_value(SERVING_POLICY)
-        if stored in policies:
-            policies.serving = stored
-        elif stored is not None:
-            log.warning(
-                "the stored serving policy %r is not among policies %s; serving %r",
-                stored,
-                settings.policies,
-                settings.serving_policy,
-            )
+        use_stored_serving_policy(policies, storage)
         service = cls(
             settings,
             storage,
@@ -278,7 +262,7 @@ class RouterService:
         with self.policies.lock:
             stale = [n for n, p in self.policies.items() if stored.get(n, -1) > p.updates]
         fresh = {
-            name: POLICY_TYPES[name].from_state(snapshot.state)
+            name: restore_policy(name, snapshot.state, self.featurizer)
             for name, snapshot in self.storage.newest_snapshots(stale).items()
         } if stale else {}
         catalog = {model.name: model for model in self.storage.list_models()}
@@ -642,6 +626,21 @@ class RouterService:
             "external",
         )
         return checks
+
+
+def use_stored_serving_policy(policies: PolicySet, storage: Storage) -> None:
+    """Serve the policy an operator chose with ``PUT /v1/policies/serving`` (stored in the
+    database), if it is one of ``policies``."""
+    stored = storage.config_value(SERVING_POLICY)
+    if stored in policies:
+        policies.serving = stored
+    elif stored is not None:
+        log.warning(
+            "the stored serving policy %r is not among policies %s; serving %r",
+            stored,
+            list(policies),
+            policies.serving,
+        )
 
 
 def open_bus(settings: Settings, engine: Engine, clock: Callable[[], float] = time.time) -> Bus:

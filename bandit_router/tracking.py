@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
     from bandit_router.policy_set import PolicySet
+    from bandit_router.storage import Storage
     from streams import DecisionEvent
 
 log = logging.getLogger(__name__)
@@ -210,6 +211,13 @@ class LearnerTracker:
         name = f"learner {group} {socket.gethostname()} pid {os.getpid()}"
         run = MlflowRun(settings.mlflow_uri, LEARNER_EXPERIMENT, name, params, {"component": "learner"})
         return cls(run, settings.policies, settings.ope_sample_every, settings.mlflow_log_every_s)
+
+    @classmethod
+    def for_learner(cls, settings: Settings, storage: Storage, group: str) -> LearnerTracker | None:
+        """The tracker of a learner process on ``storage``'s catalog; None with tracking off."""
+        if not settings.mlflow_enabled:
+            return None
+        return cls.start(settings, [model.name for model in storage.list_models()], group)
 
     def observe(
         self,

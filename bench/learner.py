@@ -322,14 +322,15 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    from tests.services import DEFAULT_POSTGRES, POSTGRES_ENV
+
     parser = argparse.ArgumentParser(prog="python -m bench.learner", description=__doc__)
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--policies", type=lambda text: text.split(","),
                         default=Settings().policies, help="comma-separated (default: the configured set)")
     parser.add_argument("--kafka", help="HOST:PORT of a running broker (default: start Tansu)")
-    parser.add_argument("--postgres", default=os.environ.get(
-        "BANDIT_ROUTER_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
+    parser.add_argument("--postgres", default=os.environ.get(POSTGRES_ENV, DEFAULT_POSTGRES),
         help="a PostgreSQL server URL; the benchmark creates and drops its own database there")
     parser.add_argument("--no-kafka", action="store_true", help="skip the Kafka + PostgreSQL row")
     parser.add_argument("--out", default="bench/results", help="output folder")

@@ -36,7 +36,15 @@ from streams import TOPIC_DEADLETTER, TOPIC_DECISIONS, TOPIC_FEEDBACK
 from streams.kafka import KafkaBus
 from streams.outbox import FLUSH_BATCH
 from tests.proxy import TcpProxy
-from tests.services import TansuBroker, create_database, drop_database, free_port, tansu_binary
+from tests.services import (
+    DEFAULT_POSTGRES,
+    POSTGRES_ENV,
+    TansuBroker,
+    create_database,
+    drop_database,
+    free_port,
+    tansu_binary,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = [
@@ -208,7 +216,7 @@ def test_sigkilled_learner_applies_every_feedback_once_and_ends_in_the_uninterru
     assert len(decisions) == len({key for key, _ in decisions}) == pairs
 
     # The same events, read by one learner that is never interrupted, into a second database.
-    reference_url = create_database(os.environ.get("BANDIT_ROUTER_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"))
+    reference_url = create_database(os.environ.get(POSTGRES_ENV, DEFAULT_POSTGRES))
     try:
         engine = make_engine(reference_url)
         migrate(engine)

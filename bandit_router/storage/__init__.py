@@ -11,6 +11,7 @@ from bandit_router.storage.engine import (
     head_revision,
     make_engine,
     migrate,
+    prepare_schema,
     upgrade,
 )
 from bandit_router.storage.errors import (
@@ -47,5 +48,6 @@ __all__ = [
     "include_object",
     "make_engine",
     "migrate",
+    "prepare_schema",
     "upgrade",
 ]

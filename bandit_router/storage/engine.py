@@ -92,3 +92,13 @@ def check_schema(engine: Engine) -> None:
             f"database {engine.url.render_as_string(hide_password=True)} is at schema revision "
             f"{current or '(none)'}, this code needs {expected}; run `bandit-router db upgrade`"
         )
+
+
+def prepare_schema(engine: Engine) -> None:
+    """What a process opening the service's database does: a SQLite file (the embedded default,
+    owned by one process) is migrated in place; any other database is shared, so it must already
+    be current (`check_schema`)."""
+    if engine.dialect.name == "sqlite":
+        migrate(engine)
+    else:
+        check_schema(engine)
