@@ -58,9 +58,13 @@ class FakeClock:
         return self.now
 
 
-@pytest.fixture
-def database_url(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'router.db'}"
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Every storage test runs on both backends: they write differently (COPY on PostgreSQL)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'router.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
     migrate(url)
     return url
 
@@ -68,6 +72,16 @@ def database_url(tmp_path: Path) -> str:
 @pytest.fixture
 def engine(database_url: str) -> Iterator[Engine]:
     engine = make_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def embedded_engine(tmp_path: Path) -> Iterator[Engine]:
+    """For what only the embedded database has: its event log table and its PRAGMAs."""
+    url = f"sqlite:///{tmp_path / 'embedded.db'}"
+    migrate(url)
+    engine = make_engine(url)
     yield engine
     engine.dispose()
 
@@ -127,8 +141,8 @@ def test_migrate_creates_every_table_and_is_idempotent(tmp_path: Path) -> None:
         engine.dispose()
 
 
-def test_event_log_is_created_exactly_as_streams_defines_it(engine: Engine) -> None:
-    inspector = inspect(engine)
+def test_event_log_is_created_exactly_as_streams_defines_it(embedded_engine: Engine) -> None:
+    inspector = inspect(embedded_engine)
     columns = {c["name"]: c for c in inspector.get_columns("event_log")}
     assert list(columns) == ["offset", "topic", "key", "value", "ts"]
     assert [type(c["type"]).__name__ for c in columns.values()] == [
@@ -146,7 +160,7 @@ def test_event_log_is_created_exactly_as_streams_defines_it(engine: Engine) -> N
         "ix_event_log_topic_offset": ["topic", "offset"],
         "ix_event_log_key": ["key"],
     }
-    with engine.begin() as connection:
+    with embedded_engine.begin() as connection:
         for topic in ("router.decisions", "router.feedback"):
             connection.execute(
                 text("INSERT INTO event_log (topic, key, value, ts) VALUES (:t, 'd1', x'00', 1.5)"),
@@ -184,8 +198,8 @@ def test_streams_tables_match_the_migrations(engine: Engine) -> None:
         assert compare_metadata(context, embedded.metadata) == []
 
 
-def test_sqlite_engine_uses_wal_normal_sync_and_a_busy_timeout(engine: Engine) -> None:
-    with engine.connect() as connection:
+def test_embedded_engine_uses_wal_normal_sync_and_a_busy_timeout(embedded_engine: Engine) -> None:
+    with embedded_engine.connect() as connection:
         assert connection.execute(text("PRAGMA journal_mode")).scalar_one() == "wal"
         assert connection.execute(text("PRAGMA synchronous")).scalar_one() == 1  # NORMAL
         assert connection.execute(text("PRAGMA busy_timeout")).scalar_one() == 5000
@@ -407,7 +421,7 @@ def test_a_failing_checkpoint_writes_nothing(storage: Storage, engine: Engine) -
         counters={"decisions": 100, "new_counter": 1},
         applied=[("f2", "d2", 10.0, 2), ("f-again", "d0", 10.0, 2)],
     )
-    with pytest.raises(CheckpointRejectedError, match="'learner' was rolled back.*UNIQUE"):
+    with pytest.raises(CheckpointRejectedError, match="'learner' was rolled back.*(UNIQUE|unique)"):
         storage.commit_checkpoint(doomed)
 
     after = storage.load_checkpoint("learner")

@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import psycopg
+from psycopg import sql
 from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
@@ -443,8 +445,33 @@ def _add_counters(session: Session, deltas: dict[str, int]) -> None:
 
 
 def _insert(session: Session, model: type[Any], rows: list[dict[str, Any]]) -> None:
-    if rows:  # an executemany with no rows would insert one row of defaults
+    """Insert ``rows`` (dicts with the same keys) into ``model``'s table.
+
+    On PostgreSQL through ``COPY ... FROM STDIN``: a checkpoint writes thousands of rows, and an
+    executemany there costs a statement per row (psycopg 3 pipelines them, still ~20 µs a row).
+    """
+    if not rows:  # an executemany with no rows would insert one row of defaults
+        return
+    if session.get_bind().dialect.name != "postgresql":
         session.execute(insert(model), rows)
+        return
+    columns = list(rows[0])
+    copy_rows = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+        sql.Identifier(model.__tablename__), sql.SQL(", ").join(map(sql.Identifier, columns))
+    )
+    table = model.__table__
+    dialect = session.get_bind().dialect
+    # Binary COPY (text would hex-escape every snapshot byte) needs each column's type by name.
+    types = [table.c[column].type.compile(dialect).split("(")[0].lower() for column in columns]
+    types = ["float8" if name == "float" else name for name in types]  # FLOAT is FLOAT(53) there
+    cursor = session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        with cursor.copy(copy_rows) as copy:
+            copy.set_types(types)
+            for row in rows:
+                copy.write_row([row[column] for column in columns])
+    except psycopg.IntegrityError as error:  # as SQLAlchemy raises it for every other statement
+        raise IntegrityError(str(copy_rows), None, error) from error
 
 
 def _delete_keys(session: Session, key: InstrumentedAttribute[str], values: Sequence[str]) -> None:
