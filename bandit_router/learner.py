@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from bandit_router.config import Settings
 from bandit_router.featurizer import Featurizer
 from bandit_router.policy_set import PolicySet, prior_outcome
@@ -25,7 +27,7 @@ from bandit_router.storage import (
     Storage,
     StorageError,
 )
-from policies import Outcome, Preference
+from policies import LoggedEvents
 from streams import (
     TOPIC_DEADLETTER,
     TOPIC_DECISIONS,
@@ -57,6 +59,7 @@ POLL_TIMEOUT_S = 0.1
 # learner does not wake (and contend for the GIL) on every single routed request.
 LINGER_S = 0.02
 UNKNOWN_OFFSET = -1  # a dead letter whose source offset was lost (it waited across a restart)
+LEARN_BATCH = 128  # joined pairs the policies learn at once (and the most a route waits for)
 YIELD_EVERY = 32  # records between yields of the GIL (a yield costs a syscall, more on a busy CPU)
 DECISION_WAIT_S = 0.5  # one poll for more decisions when a feedback's is not known yet...
 MAX_DECISION_WAIT_S = 5.0  # ...and how long to keep polling while the bus says there are more
@@ -169,6 +172,7 @@ class Learner:
                 records += read
             self._handle(record)
         records += feedback
+        self._learn_queued()
         now = max(record.ts for record in records) if records else self._clock()
         for rejected in self._joiner.expire(now):
             self._dead_letter_feedback(rejected)
@@ -238,6 +242,7 @@ class Learner:
 
     def commit(self) -> None:
         """Write everything since the last commit, with changed policies' snapshots, atomically."""
+        self._learn_queued()
         if not self._dirty:
             return
         changes = self._joiner.take_changes()
@@ -330,21 +335,48 @@ class Learner:
                 self._dead_letter_feedback(outcome)
 
     def _apply(self, joined: Joined) -> None:
-        decision, feedback = joined.decision, joined.feedback
-        self._origins.pop(feedback.feedback_id, None)
-        x = decision.features.to_dense()
-        outcome = Outcome(feedback.quality, feedback.cost, feedback.latency_ms)
-        preference = Preference(*decision.preference)
-        arm = decision.chosen
+        """Queue a joined pair; `_learn_queued` applies the queue in order, in batches."""
+        self._origins.pop(joined.feedback.feedback_id, None)
+        self._joined.append(joined)
+        if len(self._joined) >= LEARN_BATCH:
+            self._learn_queued()
+
+    def _learn_queued(self) -> None:
+        """Every policy learns the queued pairs with one `update_many` (a batch costs far less
+        than as many single updates). The lock is held per batch, so routes wait for one at most.
+        The tracker sees each event before the policies learn it, as of the batch's start."""
+        queued, self._joined = self._joined, []
+        if not queued:
+            return
+        now = self._clock()
+        contexts = np.zeros((len(queued), self._feature_dim))
+        for row, joined in enumerate(queued):
+            features = joined.decision.features
+            contexts[row, list(features.indices)] = features.values
+        events = LoggedEvents(
+            contexts=contexts,
+            arms=[joined.decision.chosen for joined in queued],
+            outcomes=np.array(
+                [(j.feedback.quality, j.feedback.cost, j.feedback.latency_ms) for j in queued],
+                dtype=float,  # None (unknown) becomes NaN
+            ),
+            preferences=np.array([joined.decision.preference for joined in queued], dtype=float),
+            propensities=np.array([joined.decision.propensity for joined in queued]),
+        )
         with self.policies.lock:
-            if any(arm not in policy.arm_index for _, policy in self.policies.items()):
-                self.policies.ensure_arm(arm, prior_outcome(self.storage.get_model(arm, True)))
+            for arm in dict.fromkeys(events.arms):
+                if any(arm not in policy.arm_index for _, policy in self.policies.items()):
+                    self.policies.ensure_arm(arm, prior_outcome(self.storage.get_model(arm, True)))
             if self.tracker is not None:
-                self.tracker.observe(self.policies, decision, x, outcome, preference)
-            for _, policy in self.policies.items():
-                policy.update(x, arm, outcome, preference, decision.propensity)
+                for (x, _, outcome, preference, _), joined in zip(events.rows(), queued, strict=True):
+                    self.tracker.observe(self.policies, joined.decision, x, outcome, preference)
             version = self.policies.serving_policy.updates
-        self._applied.append((feedback.feedback_id, decision.decision_id, self._clock(), version))
+            for _, policy in self.policies.items():
+                policy.update_many(events)
+        self._applied.extend(
+            (joined.feedback.feedback_id, joined.decision.decision_id, now, version + i)
+            for i, joined in enumerate(queued, 1)
+        )
 
     def _dead_letter(self, record: Record, reason: str) -> None:
         self._dead_letters.append(
@@ -389,6 +421,7 @@ class Learner:
         return time.monotonic() - self._last_commit >= self.settings.snapshot_every_s
 
     def _reset_batch(self) -> None:
+        self._joined: list[Joined] = []  # joined, not learned yet
         self._applied: list[tuple[str, str, float, int]] = []
         self._dead_letters: list[tuple[str, int, int, str, str, bytes, float]] = []
         self._counters = {DECISIONS: 0, FEEDBACK_RECEIVED: 0}

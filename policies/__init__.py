@@ -6,7 +6,7 @@ from `streams` or `bandit_router`.
 """
 
 from policies.barp import BaRP
-from policies.base import DEFAULT_FLOOR, Policy, argmax_distribution, with_floor
+from policies.base import DEFAULT_FLOOR, LoggedEvents, Policy, argmax_distribution, with_floor
 from policies.baselines import EpsilonGreedy, FixedArm, UniformRandom
 from policies.linear import LinearPolicy
 from policies.lints import LinTS
@@ -19,6 +19,7 @@ from policies.preference import (
     Scales,
     normalize_columns,
     normalized,
+    normalized_rows,
     utilities,
     utility,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "LinTS",
     "LinUCB",
     "LinearPolicy",
+    "LoggedEvents",
     "Outcome",
     "Policy",
     "Preference",
@@ -48,6 +50,7 @@ __all__ = [
     "doubly_robust",
     "ips",
     "normalize_columns",
+    "normalized_rows",
     "normalized",
     "oracle_choices",
     "oracle_utilities",

@@ -6,8 +6,10 @@ outcome at a time, and round-trips its whole state through a dict of numpy array
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
 import numpy as np
@@ -15,6 +17,42 @@ import numpy as np
 from policies.preference import Outcome, Preference, Scales
 
 DEFAULT_FLOOR = 0.005
+
+
+@dataclass(frozen=True)
+class LoggedEvents:
+    """Logged decisions with their outcomes, as arrays, learned in row order by `Policy.update_many`.
+
+    ``outcomes`` are raw ``[quality, cost, latency_ms]`` with NaN where unknown; ``preferences``
+    the ``(quality, cost, latency)`` weights as logged (`Preference` normalises them).
+
+    >>> events = LoggedEvents(np.zeros((1, 2)), ["a"], np.array([[0.9, np.nan, 120.0]]),
+    ...                       np.array([[0.8, 0.2, 0.0]]), np.array([0.5]))
+    >>> next(events.rows())[2]
+    Outcome(quality=0.9, cost=None, latency_ms=120.0)
+    """
+
+    contexts: np.ndarray  # (n, dim)
+    arms: Sequence[str]  # the chosen arm of each row
+    outcomes: np.ndarray  # (n, 3)
+    preferences: np.ndarray  # (n, 3)
+    propensities: np.ndarray  # (n,)
+
+    def __len__(self) -> int:
+        return len(self.arms)
+
+    def rows(self) -> Iterator[tuple[np.ndarray, str, Outcome, Preference, float]]:
+        """Each row as `Policy.update`'s arguments."""
+        for x, arm, (quality, cost, latency), weights, propensity in zip(
+            self.contexts, self.arms, self.outcomes.tolist(), self.preferences,
+            self.propensities.tolist(), strict=True,
+        ):
+            outcome = Outcome(
+                quality,
+                None if math.isnan(cost) else cost,
+                None if math.isnan(latency) else latency,
+            )
+            yield x, arm, outcome, Preference.from_vector(weights), propensity
 
 
 class Policy(ABC):
@@ -45,6 +83,12 @@ class Policy(ABC):
         self, x: np.ndarray, arm: str, outcome: Outcome, preference: Preference, propensity: float
     ) -> None:
         """Learn from one logged decision: the chosen arm, its outcome, and the logging propensity."""
+
+    def update_many(self, events: LoggedEvents) -> None:
+        """Learn ``events`` in order: the same as one `update` per row (to rounding), and faster
+        where a policy vectorises it."""
+        for row in events.rows():
+            self.update(*row)
 
     def add_arm(self, arm: str, prior: Outcome | None = None) -> None:
         """Make ``arm`` routable. ``prior`` is a guess of its outcome (e.g. from catalog prices)."""

@@ -7,12 +7,26 @@ from typing import Any
 
 import numpy as np
 
-from policies.base import DEFAULT_FLOOR, Policy, argmax_distribution, with_floor
-from policies.preference import Outcome, Preference, Scales, normalized
+from policies.base import DEFAULT_FLOOR, LoggedEvents, Policy, argmax_distribution, with_floor
+from policies.preference import Outcome, Preference, Scales, normalized, normalized_rows
 from policies.ridge import N_OUTCOMES
 
 
-class UniformRandom(Policy):
+class _Unlearning(Policy):
+    """A policy that learns nothing; it only checks the arms and counts the updates."""
+
+    def update(
+        self, x: np.ndarray, arm: str, outcome: Outcome, preference: Preference, propensity: float
+    ) -> None:
+        self.indices([arm])
+        self.updates += 1
+
+    def update_many(self, events: LoggedEvents) -> None:
+        self.indices(events.arms)
+        self.updates += len(events)
+
+
+class UniformRandom(_Unlearning):
     """Every candidate with equal probability; the yardstick for regret.
 
     >>> from policies import Preference, Scales
@@ -29,14 +43,8 @@ class UniformRandom(Policy):
         self.indices(arms)
         return np.full(len(arms), 1.0 / len(arms))
 
-    def update(
-        self, x: np.ndarray, arm: str, outcome: Outcome, preference: Preference, propensity: float
-    ) -> None:
-        self.indices([arm])
-        self.updates += 1
 
-
-class FixedArm(Policy):
+class FixedArm(_Unlearning):
     """Always the same model (apart from the exploration floor).
 
     >>> from policies import Preference, Scales
@@ -59,11 +67,6 @@ class FixedArm(Policy):
             raise KeyError(f"the fixed arm {self.arm!r} is not among the candidates {list(arms)}")
         return with_floor((np.asarray(arms) == self.arm).astype(float), self.floor)
 
-    def update(
-        self, x: np.ndarray, arm: str, outcome: Outcome, preference: Preference, propensity: float
-    ) -> None:
-        self.indices([arm])
-        self.updates += 1
 
     def _config(self) -> dict[str, Any]:
         return {"arm": self.arm}
@@ -118,6 +121,14 @@ class EpsilonGreedy(Policy):
         self.sums[k, known] += y[known]
         self.counts[k, known] += 1
         self.updates += 1
+
+    def update_many(self, events: LoggedEvents) -> None:
+        y = normalized_rows(events.outcomes, self.scales)
+        k = self.indices(events.arms)
+        known = ~np.isnan(y)
+        np.add.at(self.sums, k, np.where(known, y, 0.0))  # unbuffered: row by row, as `update`
+        np.add.at(self.counts, k, known)
+        self.updates += len(events)
 
     def _config(self) -> dict[str, Any]:
         return {"epsilon": self.epsilon}

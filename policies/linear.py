@@ -15,8 +15,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from policies.base import DEFAULT_FLOOR, Policy
-from policies.preference import Outcome, Preference, Scales, normalized
+from policies.base import DEFAULT_FLOOR, LoggedEvents, Policy
+from policies.preference import Outcome, Preference, Scales, normalized, normalized_rows
 from policies.ridge import N_OUTCOMES, RidgeArms
 
 # A new arm's outcome guess when nobody gives one: a coin-flip quality, cost and latency unknown (0).
@@ -55,6 +55,16 @@ class LinearModel:
             self.errors[k, model, known] += (ridge.predict_arm(k, x)[known] - y[known]) ** 2
             ridge.update(k, x, y)
         self.events += 1
+
+    def learn_many(self, arms: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:
+        """`learn` each row of ``x``/``y`` for its arm in ``arms``, in order: rows of different arms
+        touch different state, so each arm's rows are learned in one `RidgeArms.update_many`."""
+        for k in np.unique(arms):
+            rows = arms == k
+            for model, ridge in ((FALLBACK, self.fallback), (FULL, self.ridge)):
+                errors = ridge.update_many(int(k), x[rows], y[rows])
+                self.errors[k, model] += (errors**2).sum(axis=0)  # 0 where the target is unknown
+        self.events += len(arms)
 
     def same_as(self, other: LinearModel) -> bool:
         """Whether ``other`` holds exactly this model (priors, data, errors)."""
@@ -162,6 +172,13 @@ class LinearPolicy(Policy):
         if self.model.events == self.updates:  # not learned yet by a policy sharing the model
             self.model.learn(k, x, normalized(outcome, self.scales))
         self.updates += 1
+
+    def update_many(self, events: LoggedEvents) -> None:
+        if self.model.events == self.updates:  # not learned yet by a policy sharing the model
+            self.model.learn_many(
+                self.indices(events.arms), events.contexts, normalized_rows(events.outcomes, self.scales)
+            )
+        self.updates += len(events)
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Every arm's predicted normalised outcomes ``(arms, 3)`` and uncertainty ``sqrt(z' A^-1 z)``.

@@ -99,6 +99,18 @@ def normalized(outcome: Outcome, scales: Scales) -> np.ndarray:
     return np.array([outcome.quality, cost, latency], dtype=float)
 
 
+def normalized_rows(outcomes: np.ndarray, scales: Scales) -> np.ndarray:
+    """`normalized` for raw ``[quality, cost, latency_ms]`` rows ``(n, 3)``, NaN where unknown.
+
+    >>> normalized_rows(np.array([[0.9, 0.02, np.nan]]), Scales(cost=0.01))
+    array([[0.9, 1. , nan]])
+    """
+    rows = np.array(outcomes, dtype=float)
+    rows[:, 1] = np.minimum(rows[:, 1] / scales.cost, 1.0)
+    rows[:, 2] = np.minimum(rows[:, 2] / scales.latency_ms, 1.0)
+    return rows
+
+
 def utility(outcome: Outcome, preference: Preference, scales: Scales) -> float:
     """The reward of one call under one preference. Unknown cost or latency counts as zero.
 

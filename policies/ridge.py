@@ -7,7 +7,8 @@ outcome (quality, normalised cost, normalised latency), so any preference can be
 from __future__ import annotations
 
 import numpy as np
-from scipy.linalg.blas import dger
+from scipy.linalg import cholesky, solve_triangular
+from scipy.linalg.blas import dgemm, dger
 
 N_OUTCOMES = 3
 
@@ -96,6 +97,36 @@ class RidgeArms:
         dger(-1.0 / denominator, u, u, a=a_inv.T, overwrite_a=True)
         self.counts[arm] += 1
 
+    def update_many(self, arm: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Learn the rows of ``x`` ``(n, dim)`` and ``y`` ``(n, 3)`` for ``arm`` in order, as ``n``
+        `update` calls would (to rounding), with O(n d^2) matrix-matrix work instead of ``2n``
+        passes over ``A^-1``. Returns each row's prediction error ``y - prediction`` made just
+        before learning it (0 where the target is NaN), as `update` would have seen it.
+
+        The sequential updates' prediction errors are the innovations of the rows' joint
+        covariance ``S = I + Z A^-1 Z' = L D L'`` (``L`` unit lower triangular): ``L e = r`` for the
+        residuals ``r`` under the current estimate. Then ``theta += A^-1 Z' L^-T D^-1 e`` and, by
+        Woodbury, ``A^-1 -= W W'`` with ``W = A^-1 Z' C^-T`` for the Cholesky factor ``C``.
+        """
+        z = np.concatenate([np.ones((len(x), 1)), x if self.columns is None else x[:, self.columns]], 1)
+        a_inv = self.a_inv[arm]
+        u = a_inv @ z.T  # (width, n)
+        covariance = z @ u
+        covariance[np.diag_indices_from(covariance)] += 1.0
+        factor = cholesky(covariance, lower=True)  # C, with S = C C'
+        scale = np.diag(factor).copy()  # sqrt(D)
+        unit = factor / scale  # L
+        residuals = y - z @ self.theta[arm]
+        errors = _innovations(unit, residuals)
+        gains = solve_triangular(unit, errors / (scale**2)[:, None], lower=True, trans="T",
+                                 unit_diagonal=True)
+        self.theta[arm] += u @ gains
+        w = solve_triangular(factor, u.T, lower=True)  # W' (n, width)
+        # In place, as in `update`: a_inv is symmetric, so its transpose is the F-ordered operand.
+        dgemm(-1.0, w, w, beta=1.0, c=a_inv.T, trans_a=True, overwrite_c=True)
+        self.counts[arm] += len(x)
+        return errors
+
     def arrays(self) -> dict[str, np.ndarray]:
         """Copies of the learned arrays, for a policy's state."""
         arrays = {
@@ -117,3 +148,21 @@ class RidgeArms:
         ridge.theta = np.array(state["theta"], dtype=float)
         ridge.counts = np.array(state["counts"], dtype=np.int64)
         return ridge
+
+
+def _innovations(unit: np.ndarray, residuals: np.ndarray) -> np.ndarray:
+    """Solve ``unit @ e = residuals`` column by column (``unit`` unit lower triangular), except that
+    where a residual is NaN (unknown target) that row's ``e`` is 0: `RidgeArms.update` imputes an
+    unknown target with its prediction, so it teaches nothing."""
+    errors = np.zeros_like(residuals)
+    known = ~np.isnan(residuals)
+    complete = known.all(axis=0)
+    if complete.any():
+        errors[:, complete] = solve_triangular(
+            unit, residuals[:, complete], lower=True, unit_diagonal=True
+        )
+    for column in np.flatnonzero(known.any(axis=0) & ~complete):
+        e, r, rows = errors[:, column], residuals[:, column], known[:, column]
+        for i in np.flatnonzero(rows):
+            e[i] = r[i] - unit[i, :i] @ e[:i]
+    return errors
