@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import math
-import operator
 import numbers
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
