@@ -59,7 +59,7 @@ POLL_TIMEOUT_S = 0.1
 # learner does not wake (and contend for the GIL) on every single routed request.
 LINGER_S = 0.02
 UNKNOWN_OFFSET = -1  # a dead letter whose source offset was lost (it waited across a restart)
-LEARN_BATCH = 128  # joined pairs the policies learn at once (and the most a route waits for)
+LEARN_BATCH = 256  # joined pairs the policies learn at once (and the most a route waits for)
 YIELD_EVERY = 32  # records between yields of the GIL (a yield costs a syscall, more on a busy CPU)
 DECISION_WAIT_S = 0.5  # one poll for more decisions when a feedback's is not known yet...
 MAX_DECISION_WAIT_S = 5.0  # ...and how long to keep polling while the bus says there are more

@@ -113,15 +113,15 @@ class RidgeArms:
         u = a_inv @ z.T  # (width, n)
         covariance = z @ u
         covariance[np.diag_indices_from(covariance)] += 1.0
-        factor = cholesky(covariance, lower=True)  # C, with S = C C'
+        factor = cholesky(covariance, lower=True, check_finite=False)  # C, with S = C C'
         scale = np.diag(factor).copy()  # sqrt(D)
         unit = factor / scale  # L
         residuals = y - z @ self.theta[arm]
         errors = _innovations(unit, residuals)
         gains = solve_triangular(unit, errors / (scale**2)[:, None], lower=True, trans="T",
-                                 unit_diagonal=True)
+                                 unit_diagonal=True, check_finite=False)
         self.theta[arm] += u @ gains
-        w = solve_triangular(factor, u.T, lower=True)  # W' (n, width)
+        w = solve_triangular(factor, u.T, lower=True, check_finite=False)  # W' (n, width)
         # In place, as in `update`: a_inv is symmetric, so its transpose is the F-ordered operand.
         dgemm(-1.0, w, w, beta=1.0, c=a_inv.T, trans_a=True, overwrite_c=True)
         self.counts[arm] += len(x)
@@ -159,7 +159,7 @@ def _innovations(unit: np.ndarray, residuals: np.ndarray) -> np.ndarray:
     complete = known.all(axis=0)
     if complete.any():
         errors[:, complete] = solve_triangular(
-            unit, residuals[:, complete], lower=True, unit_diagonal=True
+            unit, residuals[:, complete], lower=True, unit_diagonal=True, check_finite=False
         )
     for column in np.flatnonzero(known.any(axis=0) & ~complete):
         e, r, rows = errors[:, column], residuals[:, column], known[:, column]
