@@ -34,14 +34,17 @@ class BusClosedError(RuntimeError):
 class BusUnavailableError(RuntimeError):
     """The bus could not take a write in time (e.g. the broker is down).
 
-    ``published`` leading records of the write were acknowledged (stored); of the rest nothing is
-    known: one may still have reached the broker, so a caller that keeps them for a retry must
-    tolerate duplicates. The same bus works again once the broker is back.
+    ``published`` leading records of the write were acknowledged (stored). If ``sent_at`` is set,
+    the rest were handed to the broker from that time (wall clock, seconds) on and any of them may
+    have been stored: a caller that keeps them for a retry asks `Bus.stored` first, or accepts
+    duplicates. With ``sent_at`` None none of the rest was sent. The same bus works again once the
+    broker is back.
     """
 
-    def __init__(self, message: str, published: int = 0) -> None:
+    def __init__(self, message: str, published: int = 0, sent_at: float | None = None) -> None:
         super().__init__(message)
         self.published = published
+        self.sent_at = sent_at
 
 
 class Consumer(Protocol):
@@ -84,6 +87,12 @@ class Bus(Protocol):
 
     def consumer(self, topics: Sequence[str], group: str, start_offset: StartOffset) -> Consumer:
         """A consumer of ``topics`` starting at ``start_offset(topic, partition)`` per partition."""
+        ...
+
+    def stored(self, records: Sequence[tuple[str, str, bytes]], since: float) -> list[bool]:
+        """Whether the log holds each ``(topic, key, value)`` record, for records sent at or after
+        ``since`` (wall clock) whose acknowledgement was lost: a retry then resends only the others.
+        """
         ...
 
     def close(self) -> None:

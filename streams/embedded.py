@@ -201,6 +201,11 @@ class EmbeddedBus:
         with self.engine.connect() as conn:
             return [_record(row) for row in conn.execute(query)]
 
+    def stored(self, records: Sequence[tuple[str, str, bytes]], since: float) -> list[bool]:
+        """Whether each record is in the log (looked up by key; ``since`` is not needed: a write
+        here is one transaction, so it is never in doubt, but the `Bus` interface asks)."""
+        return [any(r.value == value for r in self.find(topic, key)) for topic, key, value in records]
+
     def consumer(
         self, topics: Sequence[str], group: str, start_offset: StartOffset
     ) -> EmbeddedConsumer:

@@ -35,6 +35,10 @@ FETCH_MAX_WAIT_MS = 100
 """How long the broker may hold an empty fetch: the most a new record waits before a poll sees it."""
 
 
+CLOCK_SKEW_S = 30.0
+"""How far a broker's clock may lag ours: `KafkaBus.stored` searches from this long before."""
+
+
 class OffsetOutOfRangeError(RuntimeError):
     """A consumer's next offset is not in its partition (the topic was recreated or data expired)."""
 
@@ -110,6 +114,7 @@ class KafkaBus:
         self.ensure_topics(topic for topic, _, _ in records)
         producer = self._connect_producer()
         offsets: list[int] = []
+        sent_at = time.time()  # Kafka stamps each record with its send time, at or after this
         try:
             with self._translated(f"publishing {len(records)} record(s)", self._reset):
                 futures = [producer.send(t, key=k.encode(), value=v) for t, k, v in records]
@@ -117,8 +122,59 @@ class KafkaBus:
                     offsets.append(future.get(timeout=max(0.0, deadline - time.monotonic())).offset)
         except BusUnavailableError as err:
             err.published = len(offsets)  # the acknowledged prefix: a retry need not resend it
+            err.sent_at = sent_at  # the rest may be stored too: `stored` tells
             raise
         return offsets
+
+    def stored(self, records: Sequence[tuple[str, str, bytes]], since: float) -> list[bool]:
+        """Whether each record is in its topic, searching from the first offset stamped at or after
+        ``since`` minus `CLOCK_SKEW_S` (the broker's clock may stamp it) to the end of every
+        partition of the records' topics, as of reading.
+
+        Raises ``BusUnavailableError`` if the broker does not answer or the end is not reached
+        within a few request timeouts.
+        """
+        self._check_open()
+        keys = {key for _, key, _ in records}
+        topics = sorted({topic for topic, _, _ in records})
+        if not topics:
+            return []
+        counts = self.partition_counts(topics)
+        found: set[tuple[str, str, bytes]] = set()
+        with self._translated("looking for records whose acknowledgement was lost", lambda: None):
+            reader = KafkaConsumer(
+                **self.client_config,
+                enable_auto_commit=False,
+                auto_offset_reset="none",
+                fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+            )
+            try:
+                partitions = [TopicPartition(t, p) for t in topics for p in range(counts.get(t, 0))]
+                stamp_ms = int(max(0.0, since - CLOCK_SKEW_S) * 1000)
+                starts = reader.offsets_for_times({tp: stamp_ms for tp in partitions})
+                # None: nothing stamped that late in that partition, so none of the records.
+                todo = {tp: found_at.offset for tp, found_at in starts.items() if found_at is not None}
+                reader.assign(list(todo))
+                for tp, offset in todo.items():
+                    reader.seek(tp, offset)
+                deadline = time.monotonic() + 3 * self.request_timeout_s
+                while todo:
+                    if time.monotonic() > deadline:
+                        raise BusUnavailableError(
+                            f"Kafka at {self.bootstrap}: reading partitions {sorted(map(tuple, todo))}"
+                            f" to their end took over {3 * self.request_timeout_s:g} s"
+                        )
+                    for raws in reader.poll(timeout_ms=200, max_records=1000).values():
+                        read = map(_record, raws)
+                        found.update((r.topic, r.key, r.value) for r in read if r.key in keys)
+                    for tp in list(todo):
+                        end = reader.highwater(tp)
+                        if end is not None and reader.position(tp) >= end:
+                            del todo[tp]
+            finally:
+                with contextlib.suppress(Exception):
+                    reader.close(autocommit=False, timeout_ms=0)
+        return [record in found for record in records]
 
     def ensure_topics(self, topics: Iterable[str]) -> None:
         """Create those of ``topics`` that do not exist yet, with ``partitions`` partitions each."""

@@ -67,6 +67,10 @@ class InMemoryBus:
         with self._changed:
             return [record for record in self._logs.get(topic, []) if record.key == key]
 
+    def stored(self, records: Sequence[tuple[str, str, bytes]], since: float) -> list[bool]:
+        """Whether each record is in the log (looked up by key; ``since`` is not needed)."""
+        return [any(r.value == value for r in self.find(topic, key)) for topic, key, value in records]
+
     def consumer(
         self, topics: Sequence[str], group: str, start_offset: StartOffset
     ) -> InMemoryConsumer:

@@ -7,9 +7,12 @@ returns. While the table holds records, new ones queue behind them, so the order
 of one service is kept across an outage. The same table carries records other code commits in its
 own transaction (the learner's dead letters: `outbox_rows`), which the flusher forwards as well.
 
-Delivery to the inner bus is at least once: if the process dies between the broker's
-acknowledgement and the row's deletion, the row is sent again on restart. The learner ignores a
-decision or feedback it has already seen (by id), so they are still applied exactly once.
+A write whose acknowledgement is lost (the broker stored it, then the connection failed) leaves
+its rows marked with the time it was sent; before sending them again the flusher looks them up in
+the bus (`Bus.stored`) and skips those already there, so they reach it once. One case stays at
+least once: a process that dies between the broker's acknowledgement and the rows' deletion sends
+them again on restart. The learner ignores a decision or feedback it has already seen (by id), so
+each is still applied exactly once.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import (
@@ -29,10 +33,12 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Table,
+    case,
     delete,
     func,
     insert,
     select,
+    update,
 )
 
 from streams.bus import Bus, BusUnavailableError, Consumer, StartOffset, check_record
@@ -49,21 +55,26 @@ OUTBOX = Table(
     Column("key", String(200), nullable=False),
     Column("value", LargeBinary, nullable=False),
     Column("created_at", Float, nullable=False),
+    # Set when a write of the record may have reached the bus without being acknowledged: the
+    # wall-clock time it was sent from. The flusher asks the bus before sending it again.
+    Column("doubt_since", Float, nullable=True),
 )
 
 NOT_YET_PUBLISHED = -1
 """The offset `OutboxBus.publish` returns for a record it kept in the outbox."""
 
-FLUSH_BATCH = 100  # records per write to the bus; a write that times out is resent whole
+FLUSH_BATCH = 100  # records per write to the bus
 RETRY_S = 1.0
 
 
-def outbox_rows(records: Sequence[tuple[str, str, bytes]], now: float) -> list[dict[str, Any]]:
+def outbox_rows(
+    records: Sequence[tuple[str, str, bytes]], now: float, doubt_since: float | None = None
+) -> list[dict[str, Any]]:
     """Rows for ``insert(OUTBOX)``, for code that queues records in its own transaction."""
     for topic, key, value in records:
         check_record(topic, key, value)
     return [
-        {"topic": topic, "key": key, "value": value, "created_at": now}
+        {"topic": topic, "key": key, "value": value, "created_at": now, "doubt_since": doubt_since}
         for topic, key, value in records
     ]
 
@@ -117,20 +128,26 @@ class OutboxBus:
 
     def publish_many(self, records: Sequence[tuple[str, str, bytes]]) -> list[int]:
         """Publish through the inner bus, or keep the records in the outbox if it is down."""
+        kept, doubt_since = records, None
         if not self._backlog:
             try:
                 return self.inner.publish_many(records)
             except BusUnavailableError as error:
                 self._note_outage(error)
+                # The acknowledged prefix is stored; the rest may be (``sent_at``).
+                kept, doubt_since = records[error.published :], error.sent_at
         with self._lock:
             with self.engine.begin() as connection:
-                connection.execute(insert(OUTBOX), outbox_rows(records, self._clock()))
+                connection.execute(insert(OUTBOX), outbox_rows(kept, self._clock(), doubt_since))
             self._backlog = True
         self._wake.set()
         return [NOT_YET_PUBLISHED] * len(records)
 
     def consumer(self, topics: Sequence[str], group: str, start_offset: StartOffset) -> Consumer:
         return self.inner.consumer(topics, group, start_offset)
+
+    def stored(self, records: Sequence[tuple[str, str, bytes]], since: float) -> list[bool]:
+        return self.inner.stored(records, since)
 
     def close(self) -> None:
         """Stop the flusher (records still queued stay in the table) and close the inner bus."""
@@ -203,28 +220,50 @@ class OutboxBus:
             if not rows:
                 return self._drained(connection)
             if one_transaction:
-                sent = self._send(rows)
-                _delete(connection, rows[:sent])
+                outcome = self._send(rows)
+                outcome.settle(connection)
         if not one_transaction:
-            sent = self._send(rows)
+            outcome = self._send(rows)
             with self.engine.begin() as connection:
-                _delete(connection, rows[:sent])
-        self.forwarded_total += sent
-        if sent < len(rows):
-            raise BusUnavailableError(self._last_error or "the bus failed", published=sent)
+                outcome.settle(connection)
+        self.forwarded_total += len(outcome.stored)
+        if outcome.failure is not None:
+            raise outcome.failure
         return True
 
-    def _send(self, rows: list[Any]) -> int:
-        """How many of ``rows`` (a prefix) the inner bus stored."""
+    def _send(self, rows: list[Any]) -> _Sent:
+        """Get ``rows`` into the inner bus, in order.
+
+        Rows in doubt (an earlier write of them failed after it was sent) are looked up in the
+        bus first, and those found are not sent again: a record whose acknowledgement was lost
+        reaches the bus once.
+        """
+        records = [(row.topic, row.key, bytes(row.value)) for row in rows]
+        outcome = _Sent()
         try:
-            self.inner.publish_many([(row.topic, row.key, bytes(row.value)) for row in rows])
+            doubtful = [i for i, row in enumerate(rows) if row.doubt_since is not None]
+            if doubtful:
+                since = min(rows[i].doubt_since for i in doubtful)
+                found = self.inner.stored([records[i] for i in doubtful], since)
+                landed = {i for i, stored in zip(doubtful, found, strict=True) if stored}
+                outcome.stored += [rows[i] for i in sorted(landed)]
+                if landed:
+                    log.info("%d outbox record(s) had reached the bus already", len(landed))
+                rows = [row for i, row in enumerate(rows) if i not in landed]
+                records = [record for i, record in enumerate(records) if i not in landed]
+            self.inner.publish_many(records)
         except BusUnavailableError as error:
             self._note_outage(error)
-            return error.published
+            outcome.failure = error
+            outcome.stored += rows[: error.published]
+            if error.sent_at is not None:  # (a failed lookup sent nothing: the doubt stays)
+                outcome.doubted, outcome.sent_at = rows[error.published :], error.sent_at
+            return outcome
+        outcome.stored += rows
         if self._last_error is not None:
             log.warning("the bus answers again; forwarding the outbox")
             self._last_error = None
-        return len(rows)
+        return outcome
 
     def _drained(self, connection: Connection) -> bool:
         """Leave outbox mode if nothing was queued meanwhile (checked under the publish lock)."""
@@ -234,8 +273,27 @@ class OutboxBus:
             return self._backlog
 
 
-def _delete(connection: Connection, rows: list[Any]) -> None:
-    connection.execute(delete(OUTBOX).where(OUTBOX.c.id.in_([row.id for row in rows])))
+@dataclass
+class _Sent:
+    """What one forwarding attempt achieved: rows now in the bus, rows a failed write may have
+    stored (sent at ``sent_at``), and the failure, if any."""
+
+    stored: list[Any] = field(default_factory=list)
+    doubted: list[Any] = field(default_factory=list)
+    sent_at: float | None = None
+    failure: BusUnavailableError | None = None
+
+    def settle(self, connection: Connection) -> None:
+        """Delete the stored rows; mark the doubted ones with the earliest time they were sent."""
+        if self.stored:
+            connection.execute(delete(OUTBOX).where(OUTBOX.c.id.in_([r.id for r in self.stored])))
+        if self.doubted:
+            earliest = case((OUTBOX.c.doubt_since < self.sent_at, OUTBOX.c.doubt_since), else_=self.sent_at)
+            connection.execute(
+                update(OUTBOX)
+                .where(OUTBOX.c.id.in_([row.id for row in self.doubted]))
+                .values(doubt_since=earliest)
+            )
 
 
 def _lock_oldest(connection: Connection, limit: int) -> list[Any]:

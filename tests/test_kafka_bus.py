@@ -187,3 +187,19 @@ def test_a_recreated_topic_is_reported_not_silently_reread(kafka_broker: TansuBr
 def test_bad_settings_are_refused_before_connecting(option: str, value: float, field: str) -> None:
     with pytest.raises(ValueError, match=field):
         KafkaBus("127.0.0.1:1", **{option: value})  # type: ignore[arg-type]
+
+
+def test_stored_finds_exactly_the_records_that_reached_the_topics(bus: KafkaBus) -> None:
+    """What the outbox asks after a write whose acknowledgement was lost."""
+    before = time.time()
+    sent = [(TOPIC_DECISIONS, f"d{i}", f"decision {i}".encode()) for i in range(40)]
+    sent += [(TOPIC_FEEDBACK, f"d{i}", f"feedback {i}".encode()) for i in range(0, 40, 3)]
+    bus.publish_many(sent)
+    never = [
+        (TOPIC_DECISIONS, "d-never", b"decision never"),
+        (TOPIC_DECISIONS, "d3", b"another value under a sent key"),
+        (TOPIC_FEEDBACK, "d1", b"feedback 1"),  # a key sent, but on the other topic only
+    ]
+    asked = [sent[5], never[0], sent[-1], never[1], sent[0], never[2]]
+    assert bus.stored(asked, since=before) == [True, False, True, False, True, False]
+    assert bus.stored([], since=before) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -132,4 +133,76 @@ def test_a_partly_acknowledged_batch_is_not_sent_twice(engine: Engine) -> None:
     inner.down = False
     assert bus.flush(timeout_s=5)
     assert [r.value for r in read_all(inner, "t")] == [str(i).encode() for i in range(6)]
+    bus.close()
+
+
+class LostAckBus(FlakyBus):
+    """Stores some writes and then loses their acknowledgement, as a broker connection that
+    drops after the broker stored a batch; `stored` can be switched off too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lose_ack_of_next = 0  # the next writes stored but reported as failed
+        self.lookups_fail = False
+        self.lookups: list[float] = []
+
+    def publish_many(self, records: Sequence[tuple[str, str, bytes]]) -> list[int]:
+        if self.lose_ack_of_next and not self.down:
+            self.lose_ack_of_next -= 1
+            InMemoryBus.publish_many(self, records)
+            raise BusUnavailableError("connection reset before the acknowledgement", sent_at=7.0)
+        return super().publish_many(records)
+
+    def stored(self, records: Sequence[tuple[str, str, bytes]], since: float) -> list[bool]:
+        self.lookups.append(since)
+        if self.lookups_fail:
+            raise BusUnavailableError("broker 127.0.0.1:1 unreachable")
+        return super().stored(records, since)
+
+
+def test_a_route_whose_acknowledgement_was_lost_reaches_the_bus_once(engine: Engine) -> None:
+    inner = LostAckBus()
+    bus = OutboxBus(inner, engine, retry_s=0.01)
+    inner.lose_ack_of_next = 1
+    assert bus.publish("t", "k0", b"0") == NOT_YET_PUBLISHED  # stored, but we cannot know
+    bus.publish("t", "k1", b"1")  # queues behind it
+    assert bus.flush(timeout_s=5)
+    assert [(r.key, r.value) for r in read_all(inner, "t")] == [("k0", b"0"), ("k1", b"1")]
+    assert inner.lookups == [7.0]  # looked up from when it was sent
+    bus.close()
+
+
+def test_a_flushed_batch_whose_acknowledgement_was_lost_is_not_sent_again(engine: Engine) -> None:
+    inner = LostAckBus()
+    inner.down = True
+    bus = OutboxBus(inner, engine, retry_s=0.01)
+    for i in range(5):
+        bus.publish("t", f"k{i}", str(i).encode())
+    inner.lookups_fail = True  # the first retry's lookup fails too: the doubt must survive it
+    inner.lose_ack_of_next = 1
+    inner.down = False
+    bus.notify()
+    deadline = time.monotonic() + 5
+    while not inner.lookups and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert bus.pending() == 5 and len(read_all(inner, "t")) == 5  # stored once, still queued
+    inner.lookups_fail = False
+    assert bus.flush(timeout_s=5)
+    assert [r.key for r in read_all(inner, "t")] == [f"k{i}" for i in range(5)]
+    assert bus.forwarded_total == 5
+    bus.close()
+
+
+def test_only_the_unstored_part_of_a_doubtful_batch_is_sent(engine: Engine) -> None:
+    inner = LostAckBus()
+    bus = OutboxBus(inner, engine, retry_s=0.01)
+    with engine.begin() as connection:  # k1 reached the bus; k0 and k2 did not
+        connection.execute(insert(OUTBOX), outbox_rows([("t", "k0", b"0")], 1.0, doubt_since=5.0))
+        connection.execute(insert(OUTBOX), outbox_rows([("t", "k1", b"1")], 1.0, doubt_since=6.0))
+        connection.execute(insert(OUTBOX), outbox_rows([("t", "k2", b"2")], 1.0))
+    inner.publish("t", "k1", b"1")
+    bus.notify()
+    assert bus.flush(timeout_s=5)
+    assert [r.key for r in read_all(inner, "t")] == ["k1", "k0", "k2"]
+    assert inner.lookups == [5.0]  # the earliest doubt of the batch
     bus.close()
