@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -349,20 +349,7 @@ class Learner:
         if not queued:
             return
         now = self._clock()
-        contexts = np.zeros((len(queued), self._feature_dim))
-        for row, joined in enumerate(queued):
-            features = joined.decision.features
-            contexts[row, list(features.indices)] = features.values
-        events = LoggedEvents(
-            contexts=contexts,
-            arms=[joined.decision.chosen for joined in queued],
-            outcomes=np.array(
-                [(j.feedback.quality, j.feedback.cost, j.feedback.latency_ms) for j in queued],
-                dtype=float,  # None (unknown) becomes NaN
-            ),
-            preferences=np.array([joined.decision.preference for joined in queued], dtype=float),
-            propensities=np.array([joined.decision.propensity for joined in queued]),
-        )
+        events = logged_events(queued, self._feature_dim)
         with self.policies.lock:
             for arm in dict.fromkeys(events.arms):
                 if any(arm not in policy.arm_index for _, policy in self.policies.items()):
@@ -429,6 +416,24 @@ class Learner:
         self._uncommitted = 0
         self._dirty = False
         self._last_commit = time.monotonic()
+
+
+def logged_events(pairs: Sequence[Joined], dim: int) -> LoggedEvents:
+    """Joined pairs as the arrays `Policy.update_many` learns from (unknown outcomes are NaN)."""
+    contexts = np.zeros((len(pairs), dim))
+    for row, joined in enumerate(pairs):
+        features = joined.decision.features
+        contexts[row, list(features.indices)] = features.values
+    return LoggedEvents(
+        contexts=contexts,
+        arms=[joined.decision.chosen for joined in pairs],
+        outcomes=np.array(
+            [(j.feedback.quality, j.feedback.cost, j.feedback.latency_ms) for j in pairs],
+            dtype=float,  # None becomes NaN
+        ),
+        preferences=np.array([joined.decision.preference for joined in pairs], dtype=float),
+        propensities=np.array([joined.decision.propensity for joined in pairs]),
+    )
 
 
 def _paced(records: list[Record]) -> Iterator[Record]:

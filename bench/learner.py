@@ -31,16 +31,16 @@ from tqdm import tqdm
 from bandit_router.catalog import CatalogModel
 from bandit_router.config import Settings
 from bandit_router.featurizer import Featurizer
-from bandit_router.learner import Learner
+from bandit_router.learner import LEARN_BATCH, Learner, logged_events
 from bandit_router.policy_set import PolicySet
 from bandit_router.storage import Storage, make_engine, migrate
-from policies import Outcome, Preference
 from streams import (
     TOPIC_DECISIONS,
     TOPIC_FEEDBACK,
     Bus,
     DecisionEvent,
     FeedbackEvent,
+    Joined,
     SparseFeatures,
     encode,
 )
@@ -115,16 +115,16 @@ def catalog() -> list[CatalogModel]:
 
 # --- the configurations ------------------------------------------------------------------------
 def policies_only(workload: Workload, policies: Sequence[str]) -> dict[str, Any]:
-    """The ceiling: decode-free updates of every policy, no bus, no join, no database."""
+    """The ceiling: decode-free updates of every policy in the learner's batches of
+    `LEARN_BATCH`, no bus, no join, no database."""
     settings = settings_for("sqlite://", policies)
     policy_set = PolicySet.load(settings, Featurizer(DIM), catalog(), {})
+    joined = [Joined(decision, feedback) for decision, feedback in workload.pairs]
     started = time.perf_counter()
-    for decision, feedback in workload.pairs:
-        x = decision.features.to_dense()
-        outcome = Outcome(feedback.quality, feedback.cost, feedback.latency_ms)
-        preference = Preference(*decision.preference)
+    for start in range(0, len(joined), LEARN_BATCH):
+        events = logged_events(joined[start : start + LEARN_BATCH], DIM)
         for _, policy in policy_set.items():
-            policy.update(x, decision.chosen, outcome, preference, decision.propensity)
+            policy.update_many(events)
     return {"seconds": time.perf_counter() - started, "commits": 0}
 
 
