@@ -126,7 +126,7 @@ class Settings(BaseSettings):
         description="How long feedback waits for its decision before going to dead letters.",
     )
     snapshot_every_events: int = Field(
-        5_000, ge=1, description="The learner checkpoints after this many records..."
+        20_000, ge=1, description="The learner checkpoints after this many records..."
     )
     snapshot_every_s: float = Field(
         2.0, gt=0.0, description="...or after this many seconds, whichever comes first."

@@ -37,7 +37,7 @@ def test_defaults_without_environment_or_file() -> None:
     assert settings.latency_scale_ms == 10_000
     assert settings.floor == 0.005
     assert settings.join_horizon_s == 3600
-    assert settings.snapshot_every_events == 5_000
+    assert settings.snapshot_every_events == 20_000
     assert settings.learner_lease_s == 10.0
     assert settings.snapshot_every_s == 2.0
     assert settings.reload_every_s == 2.0
