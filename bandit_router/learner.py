@@ -355,8 +355,7 @@ class Learner:
                 if any(arm not in policy.arm_index for _, policy in self.policies.items()):
                     self.policies.ensure_arm(arm, prior_outcome(self.storage.get_model(arm, True)))
             if self.tracker is not None:
-                for (x, _, outcome, preference, _), joined in zip(events.rows(), queued, strict=True):
-                    self.tracker.observe(self.policies, joined.decision, x, outcome, preference)
+                self.tracker.observe(self.policies, [joined.decision for joined in queued], events)
             version = self.policies.serving_policy.updates
             for _, policy in self.policies.items():
                 policy.update_many(events)

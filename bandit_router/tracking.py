@@ -8,6 +8,7 @@ MLflow is imported only here and only when a run starts (it takes seconds); metr
 from __future__ import annotations
 
 import logging
+import math
 import os
 import queue
 import socket
@@ -24,7 +25,15 @@ from sqlalchemy.engine import make_url
 from bandit_router.config import Settings
 from bandit_router.ope import OffPolicyLog, reward_model
 from bandit_router.policy_factory import PolicyParams
-from policies import Outcome, Preference, Scales, normalize_columns, utilities, utility
+from policies import (
+    LoggedEvents,
+    Outcome,
+    Preference,
+    Scales,
+    normalize_columns,
+    utilities,
+    utility,
+)
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -220,28 +229,30 @@ class LearnerTracker:
         return cls.start(settings, [model.name for model in storage.list_models()], group)
 
     def observe(
-        self,
-        policies: PolicySet,
-        decision: DecisionEvent,
-        x: np.ndarray,
-        outcome: Outcome,
-        preference: Preference,
+        self, policies: PolicySet, decisions: Sequence[DecisionEvent], events: LoggedEvents
     ) -> None:
-        """Account one joined event; call it under ``policies.lock`` before any policy learns it."""
-        self.events += 1
-        self._batch.append((
-            outcome.quality,
-            np.nan if outcome.cost is None else outcome.cost,
-            np.nan if outcome.latency_ms is None else outcome.latency_ms,
-            decision.preference,
-            decision.chosen,
-        ))
+        """Account joined events (``events`` row i is ``decisions[i]`` with its outcome); call it
+        under ``policies.lock`` before any policy learns them. Sampled events are estimated with
+        the policies as they are now."""
         if self._scales is None:
             self._scales = policies.serving_policy.scales
-        if self.events % self.sample_every == 0:
-            model = reward_model(policies.policies)
-            chosen = decision.arms.index(decision.chosen)
+        outcomes = events.outcomes.tolist()
+        self._batch += [
+            (quality, cost, latency, decision.preference, decision.chosen)
+            for (quality, cost, latency), decision in zip(outcomes, decisions, strict=True)
+        ]
+        first = self.events  # events before this batch; event number n is sampled if n % every == 0
+        self.events += len(decisions)
+        every = self.sample_every
+        sampled = range(every - 1 - first % every, len(decisions), every)
+        model = reward_model(policies.policies) if sampled else None
+        for i in sampled:
+            decision, (quality, cost, latency) = decisions[i], outcomes[i]
+            outcome = Outcome(quality, _known(cost), _known(latency))
+            preference = Preference(*decision.preference)
             reward = utility(outcome, preference, self._scales)
+            chosen = decision.arms.index(decision.chosen)
+            x = events.contexts[i]
             if self.ope.add(
                 policies.policies, model, x, decision.arms, preference, chosen, decision.propensity, reward
             ):
@@ -309,6 +320,10 @@ class LearnerTracker:
             self._known[key] += int(known.sum())
         for model in chosen:
             self._chosen[model] = self._chosen.get(model, 0) + 1
+
+
+def _known(value: float) -> float | None:
+    return None if math.isnan(value) else value
 
 
 def log_replay(results: Mapping[str, Any], uri: str, dataset: str) -> list[str]:

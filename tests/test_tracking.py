@@ -16,7 +16,7 @@ from bandit_router.featurizer import Featurizer
 from bandit_router.policy_set import PolicySet
 from bandit_router.service import RouterService
 from bandit_router.tracking import LEARNER_EXPERIMENT, REPLAY_EXPERIMENT, LearnerTracker
-from policies import Outcome, Preference, snips, utility
+from policies import LoggedEvents, Outcome, Preference, snips, utility
 from streams import DecisionEvent, SparseFeatures
 from tests.api_support import MODELS, QUALITY, settings_for, true_value, wait_for
 from tests.conftest import SAMPLE_DATA
@@ -144,7 +144,11 @@ def test_live_estimates_use_each_policys_probabilities_from_before_it_learned():
             chosen=arms[chosen], propensity=1 / 3, probabilities=(1 / 3,) * 3,
             preference=(0.8, 0.2, 0.0), features=SparseFeatures.from_dense(x),
         )
-        tracker.observe(policies, decision, x, outcome, preference)
+        event = LoggedEvents(
+            x[None], [decision.chosen], np.array([[outcome.quality, outcome.cost, np.nan]]),
+            np.array([decision.preference]), np.array([decision.propensity]),
+        )
+        tracker.observe(policies, [decision], event)
         if (i + 1) % 2 == 0:
             rewards.append(utility(outcome, preference, scales))
             logged.append(1 / 3)
@@ -166,3 +170,37 @@ def test_live_estimates_use_each_policys_probabilities_from_before_it_learned():
         assert metrics[f"ope.{name}.snips_se"] == pytest.approx(expected.stderr, abs=1e-12)
     # Scored after learning each event instead, LinUCB's numbers would differ: the order matters.
     assert not np.allclose(after, targets["linucb"])
+
+
+def test_batches_sample_the_same_events_as_single_events():
+    """Every ``sample_every``-th event is estimated, wherever the learner's batches split."""
+    settings = Settings(feature_dim=32, policies=["linucb", "random"])
+    arms = tuple(m.name for m in MODELS)
+    rng = np.random.default_rng(5)
+    decisions = [
+        DecisionEvent(
+            decision_id=f"d{i}", ts=0.0, policy="linucb", policy_version=0, arms=arms,
+            chosen=arms[i % 3], propensity=1 / 3, probabilities=(1 / 3,) * 3,
+            preference=(0.7, 0.3, 0.0), features=SparseFeatures.from_dense(rng.normal(size=32)),
+        )
+        for i in range(11)
+    ]
+    counts = []
+    for sizes in ([11], [1] * 11, [2, 5, 4]):
+        policies = PolicySet.load(settings, Featurizer(32), MODELS, {})
+        run = RecordingRun()
+        tracker = LearnerTracker(run, settings.policies, sample_every=3)
+        start = 0
+        for size in sizes:
+            batch = decisions[start : start + size]
+            tracker.observe(policies, batch, LoggedEvents(
+                np.array([d.features.to_dense() for d in batch]), [d.chosen for d in batch],
+                np.tile([0.6, 0.001, np.nan], (size, 1)), np.array([d.preference for d in batch]),
+                np.full(size, 1 / 3),
+            ))
+            start += size
+        tracker.flush("linucb")
+        tracker.close()
+        [(step, metrics, _)] = run.logged
+        counts.append((step, metrics["ope.rows"]))
+    assert counts == [(11, 3)] * 3  # events 3, 6 and 9
