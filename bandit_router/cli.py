@@ -311,15 +311,31 @@ def _serve(args: argparse.Namespace) -> None:
         )
     service = RouterService.open(settings, run_learner=not args.no_learner)
     app = create_app(settings, service=service)
+    loop, http = server_implementation()
     # One worker: the embedded learner and its policies live in this process.
     uvicorn.run(
         app,
         host=settings.host,  # type: ignore[attr-defined]
         port=settings.port,  # type: ignore[attr-defined]
         workers=1,
+        loop=loop,
+        http=http,
+        ws="none",
         access_log=False,
         log_level="info",
     )
+
+
+def server_implementation() -> tuple[str, str]:
+    """uvicorn's (event loop, HTTP parser): uvloop and httptools when installed (both are
+    dependencies; uvloop is not built for Windows), else asyncio and h11, which cost more CPU per
+    request (bench/results/http.md)."""
+    from importlib.util import find_spec
+
+    loop = "uvloop" if find_spec("uvloop") is not None else "asyncio"
+    http = "httptools" if find_spec("httptools") is not None else "h11"
+    print(f"bandit-router serve: {loop} event loop, {http} HTTP parser", file=sys.stderr)
+    return loop, http
 
 
 def _learn(args: argparse.Namespace) -> None:
