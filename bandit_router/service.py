@@ -284,7 +284,21 @@ class RouterService:
                 log.exception("reloading policy snapshots failed; retrying")
 
     # --- route -----------------------------------------------------------------------------------
-    def route(
+    def route(self, **request: Any) -> RouteResult:
+        """Pick a model for one request and log the decision durably before answering
+        (the arguments of `decide`)."""
+        result, payload = self.decide(**request)
+        self.bus.publish(TOPIC_DECISIONS, result.decision_id, payload)
+        return result
+
+    async def route_async(self, **request: Any) -> RouteResult:
+        """`route` for the API's event loop: the CPU work runs inline, the durable write is
+        awaited (`Bus.publish_async`), so no thread hand-off and no blocking on a commit."""
+        result, payload = self.decide(**request)
+        await self.bus.publish_async(TOPIC_DECISIONS, result.decision_id, payload)
+        return result
+
+    def decide(
         self,
         *,
         prompt: str | None = None,
@@ -294,8 +308,9 @@ class RouterService:
         cost_weight: float | None = None,
         policy: str | None = None,
         tenant: str | None = None,
-    ) -> RouteResult:
-        """Pick a model for one request and log the decision durably before answering."""
+    ) -> tuple[RouteResult, bytes]:
+        """Pick a model for one request: the answer and the encoded decision event, which the
+        caller must publish to ``router.decisions`` before answering."""
         x = self._context(prompt, features)
         weights = self._preference(preference, cost_weight)
         name = self._policy_name(policy)
@@ -334,7 +349,6 @@ class RouterService:
         if self.settings.keep_prompts and prompt is not None:
             # Opt-in debugging aid: decoders ignore fields they do not know.
             payload = _with_field(payload, "prompt", prompt)
-        self.bus.publish(TOPIC_DECISIONS, event.decision_id, payload)
         expected = None
         if predicted is not None:
             expected = Expected(
@@ -342,7 +356,7 @@ class RouterService:
                 cost=float(max(predicted[1], 0.0) * scales.cost),
                 latency_ms=float(max(predicted[2], 0.0) * scales.latency_ms),
             )
-        return RouteResult(
+        result = RouteResult(
             decision_id=event.decision_id,
             model=chosen,
             propensity=event.propensity,
@@ -351,6 +365,7 @@ class RouterService:
             policy_version=version,
             expected=expected,
         )
+        return result, payload
 
     def _context(self, prompt: str | None, features: Sequence[float] | None) -> np.ndarray:
         if (prompt is None) == (features is None):
@@ -419,7 +434,20 @@ class RouterService:
         return list(models)
 
     # --- feedback --------------------------------------------------------------------------------
-    def feedback(
+    def feedback(self, **outcome: Any) -> str:
+        """Publish the outcome of a decision for the learner (the arguments of
+        `feedback_event`); returns the feedback id."""
+        event = self.feedback_event(**outcome)
+        self.bus.publish(TOPIC_FEEDBACK, event.decision_id, encode(event))
+        return event.feedback_id
+
+    async def feedback_async(self, **outcome: Any) -> str:
+        """`feedback` for the API's event loop (see `route_async`)."""
+        event = self.feedback_event(**outcome)
+        await self.bus.publish_async(TOPIC_FEEDBACK, event.decision_id, encode(event))
+        return event.feedback_id
+
+    def feedback_event(
         self,
         *,
         decision_id: str,
@@ -429,8 +457,9 @@ class RouterService:
         feedback_id: str | None = None,
         input_tokens: int | None = None,
         output_tokens: int | None = None,
-    ) -> str:
-        """Publish the outcome of a decision for the learner; returns the feedback id.
+    ) -> FeedbackEvent:
+        """The feedback event of a decision's outcome, for the caller to publish to
+        ``router.feedback``.
 
         A missing cost is filled from the chosen model's catalog price (with the token counts if
         given, else a typical call). With a bus that can look decisions up, feedback for a
@@ -453,8 +482,7 @@ class RouterService:
             )
         except EventError as error:
             raise InvalidRequestError(_field_of(error), str(error)) from None
-        self.bus.publish(TOPIC_FEEDBACK, decision_id, encode(event))
-        return event.feedback_id
+        return event
 
     def _catalog_cost(
         self, model_name: str, input_tokens: int | None, output_tokens: int | None
