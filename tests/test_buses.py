@@ -316,6 +316,29 @@ def test_a_second_bus_on_the_same_file_sees_the_records(tmp_path: Path) -> None:
     other_engine.dispose()
 
 
+def test_an_idle_poll_reads_the_table_only_when_something_was_committed(tmp_path: Path) -> None:
+    engine = make_engine(tmp_path / "idle.db")
+    consumer = EmbeddedBus(engine).consumer(["t"], "g", from_start)
+    reads = 0
+    read = consumer._read
+
+    def counted(max_records: int) -> list[Record]:
+        nonlocal reads
+        reads += 1
+        return read(max_records)
+
+    consumer._read = counted  # type: ignore[method-assign]
+    assert consumer.poll(timeout_s=0.3) == []
+    assert reads == 1  # not once per POLL_STEP_S
+    other = EmbeddedBus(sqlite_engine(f"sqlite:///{tmp_path / 'idle.db'}"))
+    threading.Timer(0.05, lambda: other.publish("t", "k", b"x")).start()
+    assert [r.value for r in consumer.poll(timeout_s=2.0)] == [b"x"]
+    assert reads == 3
+    other.close()
+    other.engine.dispose()
+    engine.dispose()
+
+
 CHILD = """
 import json, sys
 from streams.embedded import EmbeddedBus, sqlite_engine
