@@ -159,7 +159,8 @@ def _router(service: RouterService, metrics: ServiceMetrics) -> APIRouter:
     @router.put(
         "/v1/models/{name:path}",
         tags=["catalog"],
-        responses=_errors(422) | {201: {"model": ModelPut, "description": "Created"}},
+        # 404: a name no path can carry (a line break: Starlette's path parameters stop there)
+        responses=_errors(404, 422) | {201: {"model": ModelPut, "description": "Created"}},
     )
     def put_model(name: ModelNamePath, body: ModelIn, response: Response) -> ModelPut:
         """Create (201) or replace (200) a model; a new one is routable at once, with a prior."""
