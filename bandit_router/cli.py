@@ -296,6 +296,8 @@ def _service_settings(args: argparse.Namespace, **flags: object) -> Settings:
 
 
 def _serve(args: argparse.Namespace) -> None:
+    import gc
+
     import uvicorn
 
     from bandit_router.api import create_app
@@ -312,6 +314,10 @@ def _serve(args: argparse.Namespace) -> None:
     service = RouterService.open(settings, run_learner=not args.no_learner)
     app = create_app(settings, service=service)
     loop, http = server_implementation()
+    # What exists now (modules, the app, the policies, MLflow...) lives as long as the process:
+    # out of the cyclic GC's sight, a full collection no longer walks ~150,000 objects, which
+    # stalled every request for ~90 ms. (Here, not in create_app: it is the process's choice.)
+    gc.freeze()
     # One worker: the embedded learner and its policies live in this process.
     uvicorn.run(
         app,
