@@ -90,12 +90,15 @@ def create_app(settings: Settings, *, service: RouterService | None = None) -> F
 def _router(service: RouterService, metrics: ServiceMetrics) -> APIRouter:
     router = APIRouter()
 
+    # The two hot routes are coroutines: their CPU work (featurize, score, encode) runs on the
+    # event loop, and they await the durable write, so no request waits for a thread hand-off
+    # and the loop never blocks on a commit. The other routes stay in the thread pool.
     @router.post("/v1/route", tags=["routing"], responses=_errors(409, 422))
-    def route(body: RouteRequest) -> RouteResponse:
+    async def route(body: RouteRequest) -> RouteResponse:
         """Pick a model for one request; the decision is logged durably before the answer."""
         started = time.perf_counter()
         preference = None if body.preference is None else Preference(**body.preference.model_dump())
-        result = service.route(
+        result = await service.route_async(
             prompt=body.prompt,
             features=body.features,
             models=body.models,
@@ -120,9 +123,9 @@ def _router(service: RouterService, metrics: ServiceMetrics) -> APIRouter:
     @router.post(
         "/v1/feedback", status_code=202, tags=["routing"], responses=_errors(404, 422)
     )
-    def feedback(body: FeedbackRequest) -> FeedbackAccepted:
+    async def feedback(body: FeedbackRequest) -> FeedbackAccepted:
         """Report how the chosen model did; the learner applies it (first feedback wins)."""
-        feedback_id = service.feedback(**body.model_dump())
+        feedback_id = await service.feedback_async(**body.model_dump())
         metrics.feedback.inc()
         return FeedbackAccepted(feedback_id=feedback_id, decision_id=body.decision_id)
 
@@ -151,7 +154,8 @@ def _router(service: RouterService, metrics: ServiceMetrics) -> APIRouter:
     @router.put(
         "/v1/models/{name:path}",
         tags=["catalog"],
-        responses=_errors(422) | {201: {"model": ModelPut, "description": "Created"}},
+        # 404: a name no path can carry (a line break: Starlette's path parameters stop there)
+        responses=_errors(404, 422) | {201: {"model": ModelPut, "description": "Created"}},
     )
     def put_model(name: ModelNamePath, body: ModelIn, response: Response) -> ModelPut:
         """Create (201) or replace (200) a model; a new one is routable at once, with a prior."""

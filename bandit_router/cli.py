@@ -296,6 +296,8 @@ def _service_settings(args: argparse.Namespace, **flags: object) -> Settings:
 
 
 def _serve(args: argparse.Namespace) -> None:
+    import gc
+
     import uvicorn
 
     from bandit_router.api import create_app
@@ -311,15 +313,35 @@ def _serve(args: argparse.Namespace) -> None:
         )
     service = RouterService.open(settings, run_learner=not args.no_learner)
     app = create_app(settings, service=service)
+    loop, http = server_implementation()
+    # What exists now (modules, the app, the policies, MLflow...) lives as long as the process:
+    # out of the cyclic GC's sight, a full collection no longer walks ~150,000 objects, which
+    # stalled every request for ~90 ms. (Here, not in create_app: it is the process's choice.)
+    gc.freeze()
     # One worker: the embedded learner and its policies live in this process.
     uvicorn.run(
         app,
         host=settings.host,  # type: ignore[attr-defined]
         port=settings.port,  # type: ignore[attr-defined]
         workers=1,
+        loop=loop,
+        http=http,
+        ws="none",
         access_log=False,
         log_level="info",
     )
+
+
+def server_implementation() -> tuple[str, str]:
+    """uvicorn's (event loop, HTTP parser): uvloop and httptools when installed (both are
+    dependencies; uvloop is not built for Windows), else asyncio and h11, which cost more CPU per
+    request (bench/results/http.md)."""
+    from importlib.util import find_spec
+
+    loop = "uvloop" if find_spec("uvloop") is not None else "asyncio"
+    http = "httptools" if find_spec("httptools") is not None else "h11"
+    print(f"bandit-router serve: {loop} event loop, {http} HTTP parser", file=sys.stderr)
+    return loop, http
 
 
 def _learn(args: argparse.Namespace) -> None:

@@ -62,6 +62,7 @@ _FAMILY_OFFSETS = (
 )
 _MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX_2 = np.uint64(0x94D049BB133111EB)
+_SHIFT_21, _SHIFT_27, _SHIFT_30, _SHIFT_31, _SHIFT_32 = map(np.uint64, (21, 27, 30, 31, 32))
 _LOG_LENGTH_CAP = math.log1p(20_000)
 _LINES_CAP = 50.0
 _LENGTH_HINGES = tuple(125.0 * 2**k for k in range(7))
@@ -108,7 +109,10 @@ _MATH_CUES: tuple[_Cue, ...] = (
 
 def _fires(cue: _Cue, prompt: str) -> bool:
     guards, pattern = cue
-    return any(g in prompt for g in guards) and pattern.search(prompt) is not None
+    for guard in guards:
+        if guard in prompt:
+            return pattern.search(prompt) is not None
+    return False
 
 
 def _tokens(prompt: str) -> tuple[list[bytes], np.ndarray, int]:
@@ -142,11 +146,12 @@ def _unicode_tokens(prompt: str) -> tuple[list[bytes], np.ndarray, int]:
 
 def _finalize(z: np.ndarray) -> np.ndarray:
     """splitmix64's finalizer, in place: every input bit flips about half of the output bits."""
-    z ^= z >> np.uint64(30)
+    shifted = np.empty_like(z)
+    z ^= np.right_shift(z, _SHIFT_30, out=shifted)
     z *= _MIX_1
-    z ^= z >> np.uint64(27)
+    z ^= np.right_shift(z, _SHIFT_27, out=shifted)
     z *= _MIX_2
-    z ^= z >> np.uint64(31)
+    z ^= np.right_shift(z, _SHIFT_31, out=shifted)
     return z
 
 
@@ -156,16 +161,17 @@ def _family_hashes(words: list[bytes], points: np.ndarray) -> tuple[np.ndarray, 
     sizes = (n_words, max(n_words - 1, 0), max(len(points) - 2, 0))
     hashes = np.empty(sum(sizes), dtype=np.uint64)
     w, b, t = hashes[:n_words], hashes[n_words : n_words + sizes[1]], hashes[n_words + sizes[1] :]
-    w[:] = np.fromiter(map(zlib.crc32, words), dtype=np.uint64, count=n_words)
+    crc = np.fromiter(map(zlib.crc32, words), dtype=np.uint64, count=n_words)
     # In-place shifts and ors into the preallocated slices: no temporaries on the hot path.
-    np.left_shift(w[:-1], np.uint64(32), out=b)
-    b |= w[1:]
-    t[:] = points[:-2]
-    for following in (points[1:-1], points[2:]):
-        t <<= np.uint64(21)
-        t |= following
-    for part, offset in zip((w, b, t), _FAMILY_OFFSETS, strict=True):
-        part += offset
+    np.left_shift(crc[:-1], _SHIFT_32, out=b)
+    b |= crc[1:]
+    b += _FAMILY_OFFSETS[1]
+    np.add(crc, _FAMILY_OFFSETS[0], out=w)
+    np.left_shift(points[:-2], _SHIFT_21, out=t, dtype=np.uint64)
+    t |= points[1:-1]
+    t <<= _SHIFT_21
+    t |= points[2:]
+    t += _FAMILY_OFFSETS[2]
     return _finalize(hashes), sizes
 
 
@@ -201,8 +207,14 @@ def _dense_signals(prompt: str, n_digits: int) -> np.ndarray:
     n_chars = len(prompt)
     if n_chars == 0:
         return np.zeros(N_DENSE)
-    n_math = sum(_fires(cue, prompt) for cue in _MATH_CUES)
-    is_code = any(_fires(cue, prompt) for cue in _CODE_CUES)
+    n_math = 0
+    for cue in _MATH_CUES:
+        n_math += _fires(cue, prompt)
+    is_code = False
+    for cue in _CODE_CUES:
+        if _fires(cue, prompt):
+            is_code = True
+            break
     return np.array(
         [
             min(math.log1p(n_chars) / _LOG_LENGTH_CAP, 1.0),
@@ -210,7 +222,7 @@ def _dense_signals(prompt: str, n_digits: int) -> np.ndarray:
             float(is_code),
             n_math / len(_MATH_CUES),
             min((prompt.count("\n") + 1) / _LINES_CAP, 1.0),
-            *(min(n_chars / hinge, 1.0) for hinge in _LENGTH_HINGES),
+            *[min(n_chars / hinge, 1.0) for hinge in _LENGTH_HINGES],
             float(_has_choices(prompt)),
         ]
     )

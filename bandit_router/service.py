@@ -60,6 +60,7 @@ from streams.outbox import OutboxBus
 log = logging.getLogger(__name__)
 
 MAX_FEATURE_MAGNITUDE = 1e6  # larger context values overflow the policies' quadratic forms
+RECENT_DECISIONS = 100_000  # decisions whose chosen model feedback finds without a lookup
 SERVING_POLICY = "serving_policy"  # the service_config key of the operator's serving choice
 
 log = logging.getLogger(__name__)
@@ -160,6 +161,9 @@ class RouterService:
         self._rng = np.random.default_rng(settings.seed)
         self._catalog = {model.name: model for model in storage.list_models()}
         self._owns_engine = False
+        # The chosen model of decisions logged here lately: most feedback comes soon after its
+        # decision, and finding it this way skips a database read and a decode (~240 us).
+        self._recent = _RecentChoices(RECENT_DECISIONS) if self._finder() is not None else None
 
     @classmethod
     def open(
@@ -284,7 +288,27 @@ class RouterService:
                 log.exception("reloading policy snapshots failed; retrying")
 
     # --- route -----------------------------------------------------------------------------------
-    def route(
+    def route(self, **request: Any) -> RouteResult:
+        """Pick a model for one request and log the decision durably before answering
+        (the arguments of `decide`)."""
+        result, payload = self.decide(**request)
+        self.bus.publish(TOPIC_DECISIONS, result.decision_id, payload)
+        self._logged(result)
+        return result
+
+    async def route_async(self, **request: Any) -> RouteResult:
+        """`route` for the API's event loop: the CPU work runs inline, the durable write is
+        awaited (`Bus.publish_async`), so no thread hand-off and no blocking on a commit."""
+        result, payload = self.decide(**request)
+        await self.bus.publish_async(TOPIC_DECISIONS, result.decision_id, payload)
+        self._logged(result)
+        return result
+
+    def _logged(self, result: RouteResult) -> None:
+        if self._recent is not None:
+            self._recent.add(result.decision_id, result.model)
+
+    def decide(
         self,
         *,
         prompt: str | None = None,
@@ -294,8 +318,9 @@ class RouterService:
         cost_weight: float | None = None,
         policy: str | None = None,
         tenant: str | None = None,
-    ) -> RouteResult:
-        """Pick a model for one request and log the decision durably before answering."""
+    ) -> tuple[RouteResult, bytes]:
+        """Pick a model for one request: the answer and the encoded decision event, which the
+        caller must publish to ``router.decisions`` before answering."""
         x = self._context(prompt, features)
         weights = self._preference(preference, cost_weight)
         name = self._policy_name(policy)
@@ -334,7 +359,6 @@ class RouterService:
         if self.settings.keep_prompts and prompt is not None:
             # Opt-in debugging aid: decoders ignore fields they do not know.
             payload = _with_field(payload, "prompt", prompt)
-        self.bus.publish(TOPIC_DECISIONS, event.decision_id, payload)
         expected = None
         if predicted is not None:
             expected = Expected(
@@ -342,7 +366,7 @@ class RouterService:
                 cost=float(max(predicted[1], 0.0) * scales.cost),
                 latency_ms=float(max(predicted[2], 0.0) * scales.latency_ms),
             )
-        return RouteResult(
+        result = RouteResult(
             decision_id=event.decision_id,
             model=chosen,
             propensity=event.propensity,
@@ -351,6 +375,7 @@ class RouterService:
             policy_version=version,
             expected=expected,
         )
+        return result, payload
 
     def _context(self, prompt: str | None, features: Sequence[float] | None) -> np.ndarray:
         if (prompt is None) == (features is None):
@@ -419,7 +444,20 @@ class RouterService:
         return list(models)
 
     # --- feedback --------------------------------------------------------------------------------
-    def feedback(
+    def feedback(self, **outcome: Any) -> str:
+        """Publish the outcome of a decision for the learner (the arguments of
+        `feedback_event`); returns the feedback id."""
+        event = self.feedback_event(**outcome)
+        self.bus.publish(TOPIC_FEEDBACK, event.decision_id, encode(event))
+        return event.feedback_id
+
+    async def feedback_async(self, **outcome: Any) -> str:
+        """`feedback` for the API's event loop (see `route_async`)."""
+        event = self.feedback_event(**outcome)
+        await self.bus.publish_async(TOPIC_FEEDBACK, event.decision_id, encode(event))
+        return event.feedback_id
+
+    def feedback_event(
         self,
         *,
         decision_id: str,
@@ -429,19 +467,18 @@ class RouterService:
         feedback_id: str | None = None,
         input_tokens: int | None = None,
         output_tokens: int | None = None,
-    ) -> str:
-        """Publish the outcome of a decision for the learner; returns the feedback id.
+    ) -> FeedbackEvent:
+        """The feedback event of a decision's outcome, for the caller to publish to
+        ``router.feedback``.
 
         A missing cost is filled from the chosen model's catalog price (with the token counts if
         given, else a typical call). With a bus that can look decisions up, feedback for a
         decision it never logged is refused (`NotFoundError`); resending a feedback id is
         harmless (the learner ignores redeliveries).
         """
-        decision = self._logged_decision(decision_id)
-        if decision is None and self._finder() is not None:
-            raise NotFoundError("decision_id", f"no decision {decision_id!r} was routed here")
-        if cost is None and decision is not None:
-            cost = self._catalog_cost(decision.chosen, input_tokens, output_tokens)
+        chosen = self._chosen_model(decision_id)
+        if cost is None and chosen is not None:
+            cost = self._catalog_cost(chosen, input_tokens, output_tokens)
         try:
             event = FeedbackEvent(
                 feedback_id=feedback_id or uuid.uuid4().hex,
@@ -453,8 +490,7 @@ class RouterService:
             )
         except EventError as error:
             raise InvalidRequestError(_field_of(error), str(error)) from None
-        self.bus.publish(TOPIC_FEEDBACK, decision_id, encode(event))
-        return event.feedback_id
+        return event
 
     def _catalog_cost(
         self, model_name: str, input_tokens: int | None, output_tokens: int | None
@@ -472,6 +508,17 @@ class RouterService:
             )
         except CatalogError as error:
             raise InvalidRequestError("input_tokens", str(error)) from None
+
+    def _chosen_model(self, decision_id: str) -> str | None:
+        """The model a logged decision chose; None if the bus cannot look decisions up, and
+        `NotFoundError` if it can and the decision was never logged."""
+        chosen = None if self._recent is None else self._recent.get(decision_id)
+        if chosen is not None:
+            return chosen
+        decision = self._logged_decision(decision_id)
+        if decision is None and self._finder() is not None:
+            raise NotFoundError("decision_id", f"no decision {decision_id!r} was routed here")
+        return None if decision is None else decision.chosen
 
     def _finder(self) -> RecordFinder | None:
         """The bus, if it can look records up by key (the embedded log can; Kafka cannot)."""
@@ -626,6 +673,24 @@ class RouterService:
             "external",
         )
         return checks
+
+
+class _RecentChoices:
+    """decision id -> chosen model for the last ``size`` decisions, oldest dropped first."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._choices: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def add(self, decision_id: str, model: str) -> None:
+        with self._lock:
+            self._choices[decision_id] = model
+            if len(self._choices) > self._size:
+                del self._choices[next(iter(self._choices))]
+
+    def get(self, decision_id: str) -> str | None:
+        return self._choices.get(decision_id)
 
 
 def use_stored_serving_policy(policies: PolicySet, storage: Storage) -> None:

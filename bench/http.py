@@ -371,6 +371,14 @@ def stop_process_group(server: Server | None) -> None:
         server.process.wait(timeout=5)
 
 
+def server_stack(server: Server) -> str:
+    """The event loop and HTTP parser the server says it runs (its first log line)."""
+    for line in server.log.read_text(errors="replace").splitlines():
+        if line.startswith("bandit-router serve: "):
+            return line.removeprefix("bandit-router serve: ")
+    return "event loop and HTTP parser not reported"
+
+
 def wait_ready(client: httpx.Client, server: Server) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -413,7 +421,11 @@ def wait_learner(client: httpx.Client, version: int, timeout_s: float = 60.0) ->
 
 
 # --- where the time goes -------------------------------------------------------------------
-LOOP, ENDPOINT, LEARNER = "event loop thread", "endpoint threads (AnyIO pool)", "learner thread"
+LOOP, ENDPOINT, LEARNER = (
+    "event loop thread",
+    "request threads (event-log writer, AnyIO pool)",
+    "learner thread",
+)
 
 
 def thread_cpu(pid: int) -> dict[int, tuple[float, float]]:
@@ -429,7 +441,8 @@ def thread_cpu(pid: int) -> dict[int, tuple[float, float]]:
 
 def thread_group(tid: int, pid: int, background: set[int]) -> str:
     """The main thread runs the event loop; threads alive before the first request are the
-    learner (and idle native BLAS threads); later ones are the AnyIO pool running sync routes."""
+    learner (and idle native BLAS threads, the outbox flusher); later ones are the embedded bus's
+    group-commit writer and the AnyIO pool (sync routes, not the hot ones)."""
     return LOOP if tid == pid else LEARNER if tid in background else ENDPOINT
 
 
@@ -445,8 +458,8 @@ def cpu_by_thread(before: dict[int, tuple[float, float]], after: dict[int, tuple
     return dict(used)
 
 
-# Samples go to the first rule matching a frame, from the leaf up. Sync endpoints run in AnyIO
-# threads; parsing, validation, routing and rendering run on the event loop thread.
+# Samples go to the first rule matching a frame, from the leaf up. The route and feedback
+# coroutines run on the event loop thread; their commits run in the event-log writer thread.
 Rule = tuple[str, Callable[[str, str], bool]]
 REQUEST_RULES: list[Rule] = [
     ("featurize (prompt -> x)", lambda f, n: "bandit_router/featurizer.py" in f),
@@ -577,9 +590,7 @@ def machine() -> dict[str, Any]:
         except PackageNotFoundError:
             packages[name] = None
     return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "packages": packages,
-            "uvicorn_http": "httptools" if packages["httptools"] else "h11",
-            "uvicorn_loop": "uvloop" if packages["uvloop"] else "asyncio"}
+            "python": platform.python_version(), "packages": packages}
 
 
 def wait_quiet(pid: int, timeout_s: float = 30.0) -> float:
@@ -662,6 +673,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                       route_bodies(prompts, args.requests, seed=99),
                                       args.max_seconds, workdir)
             stats = client.get("/v1/stats").json()
+            stack = server_stack(server)
     finally:
         stop_process_group(server)
         shutil.rmtree(workdir, ignore_errors=True)
@@ -692,6 +704,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "target": judge(levels),
         "profile": profile,
         "idle_server_cpu_util": round(idle_util, 3),
+        "server_stack": stack,
         "final_stats": stats,
     }
 
@@ -716,8 +729,8 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
     lines = [
         "# HTTP benchmark: `bandit-router serve`",
         "",
-        f"One uvicorn worker ({machine_info['uvicorn_http']}, {machine_info['uvicorn_loop']} "
-        f"loop), `--policy {config['policy']}`, feature dim {config['feature_dim']}, "
+        f"One uvicorn worker ({result['server_stack']}), `--policy {config['policy']}`, "
+        f"feature dim {config['feature_dim']}, "
         f"{len(config['models'])} enabled models, embedded SQLite (temp dir), the default "
         f"shadow policies ({', '.join(config['learning_policies'])}) learning in the background. "
         f"{machine_info['cores']} cores ({machine_info['cpu']}), Python "
@@ -731,12 +744,13 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         "and percentiles count both requests. Latency is client-side, per request.",
         "",
         "Server CPU per request is split by thread from `/proc/<pid>/task/*/stat`: the event "
-        "loop (HTTP, routing, validation, rendering), the AnyIO pool running the sync endpoints, "
-        "and the learner (decode, join, learn, checkpoint). Idle, the server uses "
+        "loop (HTTP, routing, validation, featurize, score, encode, rendering), the request "
+        "threads (the embedded bus's group-commit writer; the AnyIO pool, idle on the hot "
+        "routes) and the learner (decode, join, learn, checkpoint). Idle, the server uses "
         f"{result['idle_server_cpu_util']:.0%} of its core.",
         "",
         "| mode | concurrency | requests | s | req/s | routes/s | p50 ms | p90 ms | p99 ms "
-        "| max ms | errors | server CPU | server CPU µs/req (loop / endpoint / learner) "
+        "| max ms | errors | server CPU | server CPU µs/req (loop / writer + pool / learner) "
         "| client CPU |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]

@@ -6,6 +6,7 @@ and stores its progress in its own database, in one transaction with its state (
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -81,6 +82,11 @@ class Bus(Protocol):
         """
         ...
 
+    async def publish_async(self, topic: str, key: str, value: bytes) -> int:
+        """`publish` for a coroutine (an API request): durable when it returns, and the event
+        loop is not blocked meanwhile. A bus without a native one uses `publish_in_thread`."""
+        ...
+
     def publish_many(self, records: Sequence[tuple[str, str, bytes]]) -> list[int]:
         """Append ``(topic, key, value)`` records in one durable write; their offsets, in order."""
         ...
@@ -99,6 +105,11 @@ class Bus(Protocol):
         """Release the bus's resources; using it or its consumers afterwards raises
         ``BusClosedError``."""
         ...
+
+
+async def publish_in_thread(bus: Bus, topic: str, key: str, value: bytes) -> int:
+    """The plain `Bus.publish_async`: the blocking ``publish`` in a worker thread."""
+    return await asyncio.to_thread(bus.publish, topic, key, value)
 
 
 def check_record(topic: str, key: str, value: bytes) -> None:

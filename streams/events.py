@@ -347,7 +347,12 @@ class DeadLetter:
 
 # --- encode / decode ---------------------------------------------------------------------------
 def encode(event: DecisionEvent | FeedbackEvent | DeadLetter) -> bytes:
-    """Compact JSON, ``"schema"`` first; optional fields that are ``None`` are left out.
+    """Compact ASCII JSON, ``"schema"`` first; optional fields that are ``None`` are left out.
+
+    orjson writes it (a decision's ~200 floats cost json.dumps ~100 us, orjson ~10 us); text
+    with non-ASCII characters goes through json.dumps, whose ``\\u`` escapes keep the record
+    ASCII. orjson spells a few floats differently from json.dumps (``0.000012`` for ``1.2e-05``):
+    the same shortest round-trip digits, so every JSON decoder reads the same value.
 
     >>> feedback = FeedbackEvent("f1", "d1", ts=1700000000.0, quality=0.75)
     >>> encode(feedback)
@@ -363,15 +368,15 @@ def encode(event: DecisionEvent | FeedbackEvent | DeadLetter) -> bytes:
             "ts": event.ts,
             "policy": event.policy,
             "policy_version": event.policy_version,
-            "arms": list(event.arms),
+            "arms": event.arms,
             "chosen": event.chosen,
             "propensity": event.propensity,
-            "probabilities": list(event.probabilities),
+            "probabilities": event.probabilities,
             "preference": dict(zip(("quality", "cost", "latency"), event.preference, strict=True)),
             "features": {
                 "dim": event.features.dim,
-                "indices": list(event.features.indices),
-                "values": list(event.features.values),
+                "indices": event.features.indices,
+                "values": event.features.values,
             },
         }
         if event.tenant is not None:
@@ -399,6 +404,10 @@ def encode(event: DecisionEvent | FeedbackEvent | DeadLetter) -> bytes:
         }
     else:
         raise TypeError(f"cannot encode {type(event).__name__}; expected a streams.events event")
+    # Built events hold finite floats, plain ints and valid Unicode, all of which orjson writes.
+    encoded = orjson.dumps(body)
+    if encoded.isascii():
+        return encoded
     return json.dumps(body, separators=(",", ":"), allow_nan=False).encode("ascii")
 
 

@@ -26,6 +26,7 @@ from streams.bus import (
     check_record,
     check_start,
     check_subscription,
+    publish_in_thread,
 )
 from streams.events import TOPIC_DEADLETTER, TOPIC_DECISIONS, TOPIC_FEEDBACK
 
@@ -98,6 +99,10 @@ class KafkaBus:
     def publish(self, topic: str, key: str, value: bytes) -> int:
         """Append one record; its offset in its partition once the broker acknowledged it."""
         return self.publish_many([(topic, key, value)])[0]
+
+    async def publish_async(self, topic: str, key: str, value: bytes) -> int:
+        """`publish` in a worker thread, which waits for the broker's acknowledgement."""
+        return await publish_in_thread(self, topic, key, value)
 
     def publish_many(self, records: Sequence[tuple[str, str, bytes]]) -> list[int]:
         """Send every record, then wait for all acknowledgements; their offsets, in order.

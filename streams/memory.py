@@ -45,6 +45,10 @@ class InMemoryBus:
         """Append one record; returns its offset."""
         return self.publish_many([(topic, key, value)])[0]
 
+    async def publish_async(self, topic: str, key: str, value: bytes) -> int:
+        """`publish`, inline: appending to a list never blocks the event loop."""
+        return self.publish(topic, key, value)
+
     def publish_many(self, records: Sequence[tuple[str, str, bytes]]) -> list[int]:
         """Append records atomically; returns their offsets in order."""
         for topic, key, value in records:

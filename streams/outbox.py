@@ -17,6 +17,7 @@ each is still applied exactly once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -126,6 +127,20 @@ class OutboxBus:
         """The inner bus's offset, or `NOT_YET_PUBLISHED` if the record waits in the outbox."""
         return self.publish_many([(topic, key, value)])[0]
 
+    async def publish_async(self, topic: str, key: str, value: bytes) -> int:
+        """`publish` for a coroutine: the inner bus's ``publish_async``; if it is down, the
+        outbox insert runs in a worker thread."""
+        kept: Sequence[tuple[str, str, bytes]] = [(topic, key, value)]
+        doubt_since = None
+        if not self._backlog:
+            try:
+                return await self.inner.publish_async(topic, key, value)
+            except BusUnavailableError as error:
+                self._note_outage(error)
+                kept, doubt_since = kept[error.published :], error.sent_at
+        await asyncio.to_thread(self._keep, kept, doubt_since)
+        return NOT_YET_PUBLISHED
+
     def publish_many(self, records: Sequence[tuple[str, str, bytes]]) -> list[int]:
         """Publish through the inner bus, or keep the records in the outbox if it is down."""
         kept, doubt_since = records, None
@@ -136,12 +151,17 @@ class OutboxBus:
                 self._note_outage(error)
                 # The acknowledged prefix is stored; the rest may be (``sent_at``).
                 kept, doubt_since = records[error.published :], error.sent_at
+        self._keep(kept, doubt_since)
+        return [NOT_YET_PUBLISHED] * len(records)
+
+    def _keep(self, records: Sequence[tuple[str, str, bytes]], doubt_since: float | None) -> None:
+        """Commit ``records`` to the outbox table, behind any already waiting there
+        (``doubt_since``: when they may have been sent, as `outbox_rows` takes it)."""
         with self._lock:
             with self.engine.begin() as connection:
-                connection.execute(insert(OUTBOX), outbox_rows(kept, self._clock(), doubt_since))
+                connection.execute(insert(OUTBOX), outbox_rows(records, self._clock(), doubt_since))
             self._backlog = True
         self._wake.set()
-        return [NOT_YET_PUBLISHED] * len(records)
 
     def consumer(self, topics: Sequence[str], group: str, start_offset: StartOffset) -> Consumer:
         return self.inner.consumer(topics, group, start_offset)

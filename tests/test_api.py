@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bandit_router.catalog import DEMO_CATALOG, call_cost
+from bandit_router.catalog import DEMO_CATALOG, call_cost, typical_cost
 from streams import TOPIC_DECISIONS, TOPIC_FEEDBACK, decode
 from tests.api_support import applied, running_app, settings_for, wait_for
 
@@ -84,6 +84,29 @@ def test_missing_cost_is_priced_from_the_catalog(client):
     [record] = service_of(client).bus.inner.find(TOPIC_FEEDBACK, decision["decision_id"])
     catalog = {m.name: m for m in DEMO_CATALOG}
     assert decode(record.value).cost == pytest.approx(call_cost(catalog[model], 1200, 400))
+
+
+def test_feedback_finds_a_decision_routed_before_a_restart(tmp_path):
+    """Recent decisions' models are kept in memory; older ones (here: from before a restart)
+    are looked up in the log, priced the same, and unknown ones are still refused."""
+    settings = settings_for(tmp_path)
+    model = "claude-3-5-haiku"
+    with running_app(settings) as first:
+        before = first.post("/v1/route", json={"prompt": PROMPT, "models": [model]}).json()
+    with running_app(settings) as client:
+        now = client.post("/v1/route", json={"prompt": PROMPT, "models": [model]}).json()
+        for decision in (before, now):
+            body = {"decision_id": decision["decision_id"], "quality": 0.5}
+            assert client.post("/v1/feedback", json=body).status_code == 202
+        costs = [
+            decode(r.value).cost
+            for d in (before, now)
+            for r in service_of(client).bus.inner.find(TOPIC_FEEDBACK, d["decision_id"])
+        ]
+        catalog = {m.name: m for m in DEMO_CATALOG}
+        assert costs == pytest.approx([typical_cost(catalog[model])] * 2)
+        missing = client.post("/v1/feedback", json={"decision_id": "never-routed", "quality": 1})
+        assert missing.status_code == 404
 
 
 def test_resent_feedback_is_applied_once_and_a_second_one_is_dead_lettered(client):

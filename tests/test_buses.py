@@ -6,6 +6,7 @@ The contract runs Kafka with one partition per topic, where every bus reads the 
 
 from __future__ import annotations
 
+import asyncio
 import doctest
 import json
 import os
@@ -165,6 +166,24 @@ def test_publish_many_is_one_ordered_write(bus: AnyBus) -> None:
     assert got == {record: offset for record, offset in zip(batch, offsets, strict=True)}
 
 
+def test_publish_async_is_publish_for_coroutines(bus: AnyBus) -> None:
+    async def publish_concurrently() -> list[int]:
+        return list(
+            await asyncio.gather(*(bus.publish_async("t", f"k{i}", b"%d" % i) for i in range(40)))
+        )
+
+    offsets = asyncio.run(publish_concurrently())
+    assert len(set(offsets)) == 40
+    consumer = bus.consumer(["t"], "g", from_start)
+    got = {r.key: (r.offset, r.value) for r in drain(consumer, 40)}
+    assert got == {f"k{i}": (offsets[i], b"%d" % i) for i in range(40)}
+    with pytest.raises(TypeError, match="value must be bytes"):
+        asyncio.run(bus.publish_async("t", "k", "text"))  # type: ignore[arg-type]
+    bus.close()
+    with pytest.raises(BusClosedError):
+        asyncio.run(bus.publish_async("t", "k", b"x"))
+
+
 def test_max_records_splits_the_backlog(bus: AnyBus) -> None:
     bus.publish_many([("t", f"k{i}", b"x") for i in range(7)])
     consumer = bus.consumer(["t"], "g", from_start)
@@ -297,6 +316,29 @@ def test_a_second_bus_on_the_same_file_sees_the_records(tmp_path: Path) -> None:
     other_engine.dispose()
 
 
+def test_an_idle_poll_reads_the_table_only_when_something_was_committed(tmp_path: Path) -> None:
+    engine = make_engine(tmp_path / "idle.db")
+    consumer = EmbeddedBus(engine).consumer(["t"], "g", from_start)
+    reads = 0
+    read = consumer._read
+
+    def counted(max_records: int) -> list[Record]:
+        nonlocal reads
+        reads += 1
+        return read(max_records)
+
+    consumer._read = counted  # type: ignore[method-assign]
+    assert consumer.poll(timeout_s=0.3) == []
+    assert reads == 1  # not once per POLL_STEP_S
+    other = EmbeddedBus(sqlite_engine(f"sqlite:///{tmp_path / 'idle.db'}"))
+    threading.Timer(0.05, lambda: other.publish("t", "k", b"x")).start()
+    assert [r.value for r in consumer.poll(timeout_s=2.0)] == [b"x"]
+    assert reads == 3
+    other.close()
+    other.engine.dispose()
+    engine.dispose()
+
+
 CHILD = """
 import json, sys
 from streams.embedded import EmbeddedBus, sqlite_engine
@@ -306,6 +348,79 @@ for k in range(int(sys.argv[2])):
     bus.publish("router.decisions", f"d{k}", value)
     print(f"published {k}", flush=True)
 """
+
+
+def test_concurrent_async_writes_share_commits(tmp_path: Path) -> None:
+    engine = make_engine(tmp_path / "group.db")
+    bus = EmbeddedBus(engine)
+    commits: list[int] = []
+    commit = bus._commit
+
+    def counted(writes):  # type: ignore[no-untyped-def]
+        commits.append(len(writes))
+        return commit(writes)
+
+    bus._commit = counted  # type: ignore[method-assign]
+
+    async def requests() -> list[int]:
+        async def one(i: int) -> int:
+            await asyncio.sleep(0)
+            return await bus.publish_async("router.decisions", f"d{i}", b"%d" % i)
+
+        return list(await asyncio.gather(*(one(i) for i in range(200))))
+
+    offsets = asyncio.run(requests())
+    bus.close()
+    assert sum(commits) == 200 and len(commits) < 100, commits
+    records = drain(EmbeddedBus(engine).consumer(["router.decisions"], "g", from_start), 200)
+    assert {r.key: r.offset for r in records} == {f"d{i}": offsets[i] for i in range(200)}
+    engine.dispose()
+
+
+def test_a_failed_write_fails_only_its_own_request(tmp_path: Path) -> None:
+    engine = make_engine(tmp_path / "fail.db")
+    bus = EmbeddedBus(engine)
+    commit = bus._commit
+
+    def refuse_poison(writes):  # type: ignore[no-untyped-def]
+        if any(key == "poison" for records in writes for _, key, _ in records):
+            raise OSError("disk on fire")
+        return commit(writes)
+
+    bus._commit = refuse_poison  # type: ignore[method-assign]
+
+    async def requests() -> list[object]:
+        keys = ["a", "b", "poison", "c", "d"]
+        return list(
+            await asyncio.gather(
+                *(bus.publish_async("t", key, b"x") for key in keys), return_exceptions=True
+            )
+        )
+
+    outcomes = asyncio.run(requests())
+    assert isinstance(outcomes[2], OSError) and "disk on fire" in str(outcomes[2])
+    assert all(isinstance(o, int) for i, o in enumerate(outcomes) if i != 2)
+    assert sorted(r.key for r in bus.find("t", "a") + bus.find("t", "d")) == ["a", "d"]
+    assert bus.find("t", "poison") == []
+    bus.close()
+    engine.dispose()
+
+
+def test_close_commits_the_writes_already_queued(tmp_path: Path) -> None:
+    engine = make_engine(tmp_path / "close.db")
+    bus = EmbeddedBus(engine)
+
+    async def publish_then_close() -> list[int]:
+        tasks = [asyncio.ensure_future(bus.publish_async("t", f"k{i}", b"x")) for i in range(50)]
+        await asyncio.sleep(0)  # every task has queued its write
+        await asyncio.to_thread(bus.close)
+        return list(await asyncio.gather(*tasks))
+
+    offsets = asyncio.run(publish_then_close())
+    assert len(set(offsets)) == 50
+    records = drain(EmbeddedBus(engine).consumer(["t"], "g", from_start), 50)
+    assert sorted(r.offset for r in records) == sorted(offsets)
+    engine.dispose()
 
 
 def test_acknowledged_events_survive_sigkill(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -124,3 +125,41 @@ def test_sigkill_then_restart_applies_every_feedback_exactly_once(tmp_path):
             db.execute("select policy, max(version) from policy_snapshots group by policy")
         )
     assert set(versions.values()) == {200}
+
+
+def test_sigkill_during_concurrent_routes_loses_no_acknowledged_decision(tmp_path):
+    """Concurrent routes share group commits; a kill mid-stream must still leave every decision
+    that got its answer in the log."""
+    database, log = tmp_path / "router.db", tmp_path / "server.log"
+    acknowledged: list[str] = []
+    enough = threading.Event()
+    with server(database, log, snapshot_every_s=3600) as (process, client):
+        base_url = str(client.base_url)
+
+        def keep_routing(worker: int) -> None:
+            with httpx.Client(base_url=base_url, timeout=10.0) as own:
+                for i in range(10_000):
+                    body = {"prompt": PROMPTS[(worker + i) % len(PROMPTS)], "cost_weight": 0.3}
+                    try:
+                        response = own.post("/v1/route", json=body)
+                    except httpx.TransportError:
+                        return  # the server is gone
+                    assert response.status_code == 200
+                    acknowledged.append(response.json()["decision_id"])
+                    if len(acknowledged) >= 300:
+                        enough.set()
+
+        workers = [threading.Thread(target=keep_routing, args=(w,)) for w in range(8)]
+        for worker in workers:
+            worker.start()
+        assert enough.wait(120), "the routes did not get going"
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+        for worker in workers:
+            worker.join(30)
+    with sqlite3.connect(database) as db:
+        logged = {key for (key,) in db.execute(
+            "select key from event_log where topic = 'router.decisions'"
+        )}
+    assert len(acknowledged) >= 300
+    assert set(acknowledged) <= logged

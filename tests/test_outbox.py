@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import doctest
 import time
 from collections.abc import Iterator, Sequence
@@ -71,6 +72,20 @@ def test_an_outage_queues_events_and_they_are_forwarded_in_order_exactly_once(
     assert bus.forwarded_total == 6
     bus.publish("t", "k7", b"7")  # straight through again
     assert len(read_all(inner, "t")) == 8
+    bus.close()
+
+
+def test_async_publishes_take_the_same_way_through_an_outage(engine: Engine) -> None:
+    inner = FlakyBus()
+    bus = OutboxBus(inner, engine, retry_s=0.01)
+    assert asyncio.run(bus.publish_async("t", "k0", b"0")) == 0
+    inner.down = True
+    assert asyncio.run(bus.publish_async("t", "k1", b"1")) == NOT_YET_PUBLISHED
+    inner.down = False
+    assert asyncio.run(bus.publish_async("t", "k2", b"2")) == NOT_YET_PUBLISHED  # behind k1
+    assert bus.flush(timeout_s=5)
+    assert [r.value for r in read_all(inner, "t")] == [b"0", b"1", b"2"]
+    assert asyncio.run(bus.publish_async("t", "k3", b"3")) == 3
     bus.close()
 
 
