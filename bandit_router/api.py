@@ -38,6 +38,7 @@ from bandit_router.api_models import (
     model_out,
 )
 from bandit_router.config import Settings
+from bandit_router.json_route import JSONBodyRoute
 from bandit_router.metrics import ServiceMetrics
 from bandit_router.service import RouterService, ServiceError, catalog_model
 from policies import Preference
@@ -88,12 +89,13 @@ def create_app(settings: Settings, *, service: RouterService | None = None) -> F
 
 
 def _router(service: RouterService, metrics: ServiceMetrics) -> APIRouter:
-    router = APIRouter()
-
     # The two hot routes are coroutines: their CPU work (featurize, score, encode) runs on the
     # event loop, and they await the durable write, so no request waits for a thread hand-off
-    # and the loop never blocks on a commit. The other routes stay in the thread pool.
-    @router.post("/v1/route", tags=["routing"], responses=_errors(409, 422))
+    # and the loop never blocks on a commit. They skip FastAPI's per-request machinery
+    # (`JSONBodyRoute`). The other routes stay in the thread pool.
+    hot = APIRouter(route_class=JSONBodyRoute)
+
+    @hot.post("/v1/route", tags=["routing"], responses=_errors(409, 422))
     async def route(body: RouteRequest) -> RouteResponse:
         """Pick a model for one request; the decision is logged durably before the answer."""
         started = time.perf_counter()
@@ -120,7 +122,7 @@ def _router(service: RouterService, metrics: ServiceMetrics) -> APIRouter:
             expected=None if expected is None else ExpectedOut(**vars(expected)),
         )
 
-    @router.post(
+    @hot.post(
         "/v1/feedback", status_code=202, tags=["routing"], responses=_errors(404, 422)
     )
     async def feedback(body: FeedbackRequest) -> FeedbackAccepted:
@@ -128,6 +130,9 @@ def _router(service: RouterService, metrics: ServiceMetrics) -> APIRouter:
         feedback_id = await service.feedback_async(**body.model_dump())
         metrics.feedback.inc()
         return FeedbackAccepted(feedback_id=feedback_id, decision_id=body.decision_id)
+
+    router = APIRouter()
+    router.include_router(hot)
 
     @router.get("/v1/decisions/{decision_id}", tags=["routing"], responses=_errors(404))
     def decision(decision_id: DecisionId) -> DecisionResponse:
@@ -256,8 +261,8 @@ def describe_validation(errors: Sequence[Any]) -> str:
         location = [str(part) for part in error.get("loc", ())]
         if error.get("type") == "json_invalid":
             reason = (error.get("ctx") or {}).get("error", "invalid JSON")
-            position = location[1] if len(location) > 1 else "0"
-            parts.append(f"body: malformed JSON ({reason} at character {position})")
+            where = f" at character {location[1]}" if len(location) > 1 else ""
+            parts.append(f"body: malformed JSON ({reason}{where})")
             continue
         field = ".".join(location[1:]) or (location[0] if location else "body")
         message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
@@ -265,7 +270,11 @@ def describe_validation(errors: Sequence[Any]) -> str:
             message = "unknown field"
         elif len(location) <= 1 and error.get("type") == "missing":
             message = "a JSON object body is required"
-        elif len(location) <= 1 and error.get("type") in ("model_attributes_type", "dict_type"):
+        elif len(location) <= 1 and error.get("type") in (
+            "model_attributes_type",
+            "model_type",
+            "dict_type",
+        ):
             message = "must be a JSON object, sent with Content-Type: application/json"
         parts.append(f"{field}: {message}")
     return "; ".join(parts) or "invalid request"

@@ -228,6 +228,11 @@ class PolicyOut(BaseModel):
     snapshot_version: int | None = Field(description="Newest committed snapshot.")
     serving: bool
     arms: list[str]
+    content_model: dict[str, bool] | None = Field(
+        description="Linear policies: per outcome (quality, cost, latency), whether the model of "
+        "the prompt's hashed n-grams predicts it (true) or the fallback on the dense signals does "
+        "(false, until the content model predicts better); null for other policies."
+    )
 
 
 class ServingPolicyIn(Request):

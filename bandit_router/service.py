@@ -41,7 +41,7 @@ from bandit_router.policy_factory import POLICY_NAMES
 from bandit_router.policy_set import PolicySet, prior_outcome, restore_policy
 from bandit_router.storage import Storage, make_engine, prepare_schema
 from bandit_router.tracking import LearnerTracker
-from policies import LinearPolicy, Preference
+from policies import OBJECTIVES, LinearPolicy, Preference
 from streams import (
     TOPIC_DECISIONS,
     TOPIC_FEEDBACK,
@@ -585,7 +585,8 @@ class RouterService:
     # --- introspection ---------------------------------------------------------------------------
     def policies_info(self) -> list[dict[str, Any]]:
         """Each policy: name, live version (= events learned), newest stored snapshot version,
-        whether it serves, and its arms."""
+        whether it serves, its arms and (linear policies) which outcomes the prompt-content model
+        predicts (the others use the fallback on the dense signals)."""
         stored = self.storage.snapshot_versions()
         with self.policies.lock:
             return [
@@ -596,6 +597,11 @@ class RouterService:
                     "snapshot_version": stored.get(name),
                     "serving": name == self.policies.serving,
                     "arms": list(policy.arms),
+                    "content_model": (
+                        dict(zip(OBJECTIVES, policy.uses_full_model().tolist(), strict=True))
+                        if isinstance(policy, LinearPolicy)
+                        else None
+                    ),
                 }
                 for name, policy in self.policies.items()
             ]
@@ -745,7 +751,7 @@ def _decision_body(event: DecisionEvent) -> dict[str, Any]:
         "model": event.chosen,
         "propensity": event.propensity,
         "probabilities": dict(zip(event.arms, event.probabilities, strict=True)),
-        "preference": dict(zip(("quality", "cost", "latency"), event.preference, strict=True)),
+        "preference": dict(zip(OBJECTIVES, event.preference, strict=True)),
         "tenant": event.tenant,
     }
 

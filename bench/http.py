@@ -34,6 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bandit_router.dataset import load_routing_csv
+from bandit_router.featurizer import Featurizer
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "routellm_sample.csv"
 MODELS = {  # USD per 1M input / output tokens
@@ -99,9 +100,26 @@ def _http_request(method: str, path: str, port: int, body: bytes) -> bytes:
     return head.encode() + body
 
 
-def _feedback_body(decision_id: str, i: int) -> bytes:
-    # Deterministic per request: quality in [0, 1], a latency, a catalog-priced cost every 3rd.
-    quality = ((i * 7919) % 1000) / 999
+def feedback_qualities(bodies: Sequence[bytes], seed: int = 0) -> list[dict[str, float]]:
+    """The quality each model earns on each body's prompt: ``clip(0.5 + w_model . x, 0, 1)`` over
+    the prompt's hashed n-gram features ``x``, with fixed random ``w`` (std of the quality ~0.19).
+
+    Linear in the content features by design, so the policy's content model predicts quality
+    better than the fallback within the warm-up and serves with it: the benchmark then times the
+    dearer scoring path (every arm's d x d inverse), not the fallback's 14 features.
+    """
+    featurizer = Featurizer(dim=FEATURE_DIM)
+    hashed = featurizer.hashed_dims
+    weights = np.random.default_rng(seed).normal(0.0, 0.25, size=(len(MODELS), hashed))
+    prompts = [json.loads(body)["prompt"] for body in bodies]
+    contexts = featurizer.transform_many(prompts)[:, :hashed]
+    quality = np.clip(0.5 + contexts @ weights.T, 0.0, 1.0)
+    return [dict(zip(MODELS, row.round(3).tolist(), strict=True)) for row in quality]
+
+
+def _feedback_body(decision_id: str, quality: float, i: int) -> bytes:
+    # Deterministic per request: the model's quality on the prompt, a latency, a catalog-priced
+    # cost every 3rd.
     latency = 200 + (i * 104729) % 4000
     cost = "" if i % 3 == 0 else f',"cost":{(i % 97) * 1e-5:.5f}'
     return (
@@ -162,6 +180,7 @@ async def _drive(port: int, mode: str, concurrency: int, bodies: Sequence[bytes]
         for _ in range(concurrency)
     ]
     route_requests = [_http_request("POST", "/v1/route", port, body) for body in bodies]
+    qualities = feedback_qualities(bodies) if mode == ROUTE_FEEDBACK else []
     latencies: dict[str, list[int]] = {"route": [], "feedback": []}
     errors: list[str] = []
     next_index = 0
@@ -180,9 +199,11 @@ async def _drive(port: int, mode: str, concurrency: int, bodies: Sequence[bytes]
                 if status != 200:
                     errors.append(f"route {status}: {body[:200]!r}")
                 elif mode == ROUTE_FEEDBACK:
-                    decision_id = json.loads(body)["decision_id"]
+                    decision = json.loads(body)
+                    quality = qualities[i][decision["model"]]
                     feedback = _http_request(
-                        "POST", "/v1/feedback", port, _feedback_body(decision_id, i)
+                        "POST", "/v1/feedback", port,
+                        _feedback_body(decision["decision_id"], quality, i),
                     )
                     t0 = clock()
                     status, body = await connection.request(feedback)
@@ -410,6 +431,11 @@ def cpu_seconds(pid: int) -> float:
 
 def serving_version(client: httpx.Client) -> int:
     return next(p["version"] for p in client.get("/v1/policies").json() if p["serving"])
+
+
+def serving_content_model(client: httpx.Client) -> dict[str, bool]:
+    """Which outcomes the serving policy predicts with its prompt-content model."""
+    return next(p["content_model"] for p in client.get("/v1/policies").json() if p["serving"])
 
 
 def wait_learner(client: httpx.Client, version: int, timeout_s: float = 60.0) -> float:
@@ -643,6 +669,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if warm["errors"]:
                 raise RuntimeError(f"warm-up got errors, e.g. {warm['errors'][:3]}")
             wait_learner(client, WARMUP)
+            content_model = {"after_warmup": serving_content_model(client)}
+            if not content_model["after_warmup"]["quality"]:
+                raise RuntimeError("after the warm-up the serving policy still scores quality with "
+                                   "its fallback model; the timed levels would miss the dear path")
             wait_quiet(server.pid)
             idle = cpu_seconds(server.pid)
             time.sleep(IDLE_PROBE_S)
@@ -673,6 +703,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                       route_bodies(prompts, args.requests, seed=99),
                                       args.max_seconds, workdir)
             stats = client.get("/v1/stats").json()
+            content_model["at_end"] = serving_content_model(client)
             stack = server_stack(server)
     finally:
         stop_process_group(server)
@@ -703,6 +734,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "levels": levels,
         "target": judge(levels),
         "profile": profile,
+        "serving_content_model": content_model,
         "idle_server_cpu_util": round(idle_util, 3),
         "server_stack": stack,
         "final_stats": stats,
@@ -741,7 +773,12 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         f"{prompts['chars_min']}-{prompts['chars_max']} chars (median "
         f"{prompts['chars_median']}), {config['preferences']}. *route+feedback* follows every "
         "route with `POST /v1/feedback` for its decision id on the same connection; its req/s "
-        "and percentiles count both requests. Latency is client-side, per request.",
+        "and percentiles count both requests. Latency is client-side, per request. The reported "
+        "quality is linear in the prompt's hashed n-grams (`feedback_qualities`), so the serving "
+        "LinUCB scores with its content model, every arm's 257 x 257 inverse, not the 14-feature "
+        "fallback (content model per outcome after the warm-up: "
+        f"{_outcome_flags(result['serving_content_model']['after_warmup'])}; at the end: "
+        f"{_outcome_flags(result['serving_content_model']['at_end'])}).",
         "",
         "Server CPU per request is split by thread from `/proc/<pid>/task/*/stat`: the event "
         "loop (HTTP, routing, validation, featurize, score, encode, rendering), the request "
@@ -822,6 +859,10 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         "",
     ]
     path.write_text("\n".join(lines))
+
+
+def _outcome_flags(flags: dict[str, bool]) -> str:
+    return ", ".join(f"{outcome} {'yes' if used else 'no'}" for outcome, used in flags.items())
 
 
 def _yes(flag: bool) -> str:

@@ -14,6 +14,7 @@ from policies.linucb import LinUCB
 from policies.offpolicy import Estimate, doubly_robust, ips, snips
 from policies.oracle import oracle_choices, oracle_utilities
 from policies.preference import (
+    OBJECTIVES,
     Outcome,
     Preference,
     Scales,
@@ -31,6 +32,7 @@ POLICY_TYPES: dict[str, type[Policy]] = {
 
 __all__ = [
     "DEFAULT_FLOOR",
+    "OBJECTIVES",
     "POLICY_TYPES",
     "BaRP",
     "EpsilonGreedy",

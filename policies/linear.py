@@ -196,8 +196,16 @@ class LinearPolicy(Policy):
         return np.where(use_full, full_means, fallback_means), np.sqrt(full_widths)
 
     def expected(self, x: np.ndarray, arms: Sequence[str]) -> np.ndarray:
-        """Predicted normalised outcomes ``(len(arms), 3)``: quality, cost/scale, latency/scale."""
-        return self.predict(x)[0][self.indices(arms)]
+        """Predicted normalised outcomes ``(len(arms), 3)``: quality, cost/scale, latency/scale.
+
+        Means only: it skips the uncertainty, the O(arms * d^2) part of `predict`.
+        """
+        idx = self.indices(arms)
+        use_full = self.uses_full_model()
+        means = self.fallback.means(x, idx)
+        if use_full.any():
+            means = np.where(use_full, self.ridge.means(x, idx), means)
+        return means
 
     def _scores(
         self, x: np.ndarray, arms: Sequence[str], preference: Preference

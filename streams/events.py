@@ -17,6 +17,8 @@ from typing import Any, ClassVar
 import numpy as np
 import orjson
 
+from policies import OBJECTIVES
+
 TOPIC_DECISIONS = "router.decisions"
 TOPIC_FEEDBACK = "router.feedback"
 TOPIC_DEADLETTER = "router.deadletter"
@@ -372,7 +374,7 @@ def encode(event: DecisionEvent | FeedbackEvent | DeadLetter) -> bytes:
             "chosen": event.chosen,
             "propensity": event.propensity,
             "probabilities": event.probabilities,
-            "preference": dict(zip(("quality", "cost", "latency"), event.preference, strict=True)),
+            "preference": dict(zip(OBJECTIVES, event.preference, strict=True)),
             "features": {
                 "dim": event.features.dim,
                 "indices": event.features.indices,

@@ -60,7 +60,12 @@ def test_feedback_is_applied_and_moves_the_estimate_toward_it(client):
     assert second["policy_version"] == 1
     after = second["expected"]["quality"]
     assert before < after <= 1.0  # moved toward the reported 1.0
-    assert [p["version"] for p in client.get("/v1/policies").json()] == [1, 1, 1, 1]
+    policies = client.get("/v1/policies").json()
+    assert [p["version"] for p in policies] == [1, 1, 1, 1]
+    # One event: the content model has not yet predicted anything better than the fallback.
+    content = {p["name"]: p["content_model"] for p in policies}
+    assert content["linucb"] == content["lints"] == {"quality": False, "cost": False, "latency": False}
+    assert content["random"] is None
     state = client.get(f"/v1/decisions/{first['decision_id']}").json()
     assert state["state"] == "applied" and state["feedback_id"] == feedback_id
     assert state["decision"]["model"] == model

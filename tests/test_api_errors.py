@@ -48,6 +48,8 @@ CASES = [
     ("post", "/v1/feedback", {"quality": 0.5}, 422, "decision_id"),
     ("post", "/v1/feedback", {"decision_id": "never-routed", "quality": 0.5}, 404, "decision_id"),
     ("post", "/v1/feedback", "quality=0.5", 422, "body"),
+    ("post", "/v1/feedback", "", 422, "body"),
+    ("post", "/v1/route", '"just a string"', 422, "body"),
     ("get", "/v1/decisions/never-routed", None, 404, "decision_id"),
     ("get", "/v1/decisions/" + "x" * 201, None, 422, "decision_id"),
     ("get", "/v1/models/gpt-5-ultra", None, 404, "name"),
@@ -82,3 +84,20 @@ def test_bad_input_is_a_4xx_naming_the_field(client, method, path, body, status,
     detail = response.json()["detail"]
     assert isinstance(detail, str)
     assert detail.startswith(f"{field}:") or f"; {field}:" in detail, detail
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+def test_a_json_body_under_another_content_type_is_a_422_that_says_so(client, content_type):
+    headers = {} if content_type is None else {"content-type": content_type}
+    response = client.post("/v1/route", content=b'{"prompt": "hi"}', headers=headers)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"] == (
+        "body: must be a JSON object, sent with Content-Type: application/json"
+    )
+
+
+def test_a_json_subtype_content_type_is_read_as_json(client):
+    response = client.post(
+        "/v1/route", content=b'{"prompt": "hi"}', headers={"content-type": "application/vnd.api+json"}
+    )
+    assert response.status_code == 200, response.text

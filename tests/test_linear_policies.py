@@ -210,3 +210,19 @@ def test_linucb_and_lints_sharing_one_model_learn_exactly_as_apart() -> None:
     # Different histories are never shared.
     apart[0].update(x, "a", Outcome(1.0), Preference.from_cost_weight(0.1), 1.0)
     assert not apart[1].share_model(apart[0])
+
+
+@pytest.mark.parametrize("policy_type", [LinUCB, LinTS])
+def test_expected_equals_the_predicted_means_when_only_some_outcomes_use_the_full_model(policy_type):
+    # Quality depends on a hashed-style feature the fallback cannot see; cost and latency are noise.
+    dim = 16
+    rng = np.random.default_rng(3)
+    policy = policy_type(ARMS, dim=dim, scales=SCALES, fallback_features=[0, 1])
+    for i in range(300):
+        x = rng.normal(size=dim)
+        outcome = Outcome(quality=float(x[5] > 0), cost=float(rng.random() * 0.01), latency_ms=500.0)
+        policy.update(x, ARMS[i % 3], outcome, Preference(), 1.0)
+    assert policy.uses_full_model().tolist() == [True, False, False]
+    x = rng.normal(size=dim)
+    means = policy.predict(x)[0]
+    np.testing.assert_array_equal(policy.expected(x, ["c", "a"]), means[[2, 0]])
