@@ -125,6 +125,19 @@ class Settings(BaseSettings):
         gt=0.0,
         description="How long feedback waits for its decision before going to dead letters.",
     )
+    decision_ttl_s: float = Field(
+        7 * 86400.0,
+        gt=0.0,
+        description="How long the learner keeps a decision waiting for its feedback (and "
+        "remembers applied feedback ids, so a redelivery is ignored); at least join_horizon_s.",
+    )
+    max_pending_decisions: int = Field(
+        100_000,
+        ge=1,
+        description="The most decisions kept waiting for feedback, in memory and in the join "
+        "state (a decision takes ~3-10 KB at feature_dim 256); beyond it the oldest is forgotten "
+        "first, and feedback that comes for it later is dead-lettered.",
+    )
     snapshot_every_events: int = Field(
         20_000, ge=1, description="The learner checkpoints after this many records..."
     )
@@ -231,6 +244,15 @@ class Settings(BaseSettings):
             if not host or not port.isdigit():
                 raise ValueError(f"{server!r} is not host:port; e.g. 127.0.0.1:9092")
         return servers
+
+    @model_validator(mode="after")
+    def _decisions_outlive_the_horizon(self) -> Settings:
+        if self.decision_ttl_s < self.join_horizon_s:
+            raise ValueError(
+                f"decision_ttl_s ({self.decision_ttl_s:g}) must be at least join_horizon_s "
+                f"({self.join_horizon_s:g}): a decision must wait as long as its feedback may"
+            )
+        return self
 
     @model_validator(mode="after")
     def _serving_policy_learns(self) -> Settings:

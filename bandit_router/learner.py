@@ -44,7 +44,6 @@ from streams import (
     decode,
     encode,
 )
-from streams.joiner import DEFAULT_DECISION_TTL_S
 from streams.outbox import OutboxBus
 
 if TYPE_CHECKING:
@@ -112,10 +111,11 @@ class Learner:
         self._feature_dim = settings.feature_dim
         self._joiner = Joiner.restore(
             horizon_s=settings.join_horizon_s,
-            decision_ttl_s=max(settings.join_horizon_s, DEFAULT_DECISION_TTL_S),
+            decision_ttl_s=settings.decision_ttl_s,
             pending_decisions=[(_decision(p), at) for p, at in checkpoint.pending_decisions],
             waiting=[(_feedback(p), at) for p, at in checkpoint.waiting_feedback],
             applied=checkpoint.applied,
+            max_pending=settings.max_pending_decisions,
         )
         self._offsets = dict(checkpoint.offsets)
         self._decisions = bus.consumer([TOPIC_DECISIONS], group, self._start_offset)
@@ -144,7 +144,7 @@ class Learner:
         tracker: LearnerTracker | None = None,
     ) -> Learner:
         """A learner resumed from the last checkpoint of ``group``, policies included."""
-        checkpoint = storage.load_checkpoint(group)
+        checkpoint = storage.load_checkpoint(group, applied_since=clock() - settings.decision_ttl_s)
         policies = PolicySet.load(settings, featurizer, storage.list_models(), checkpoint.snapshots)
         return cls(
             settings,

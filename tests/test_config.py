@@ -122,6 +122,8 @@ def test_out_of_range_environment_value_names_the_field(monkeypatch: pytest.Monk
         ('kafka_bootstrap = "localhost"', "kafka_bootstrap", "not host:port"),
         ("feature_dims = 64", "feature_dims", "unknown setting"),
         ('serving_policy = "lints"\npolicies = ["linucb"]', "serving_policy", "must be one of"),
+        ("decision_ttl_s = 60", "decision_ttl_s", "at least join_horizon_s"),
+        ("max_pending_decisions = 0", "max_pending_decisions", "greater than or equal to 1"),
     ],
 )
 def test_invalid_toml_value_names_the_field(

@@ -360,7 +360,7 @@ def test_malformed_records_end_in_the_dead_letter_table_and_topic(
     assert "not valid JSON" in reasons["k1"] or "JSON" in reasons["k1"]
     assert "decision/9" in reasons["k2"]
     assert "quality" in reasons["k3"]
-    assert "no decision ghost arrived within the join horizon" in reasons["ghost"]
+    assert "no decision ghost known within the join horizon" in reasons["ghost"]
     letters = {key: json.loads(value) for key, value in read_topic(kafka_broker.bootstrap, TOPIC_DEADLETTER)}
     assert set(letters) == set(reasons)
     for key, letter in letters.items():

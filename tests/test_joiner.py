@@ -41,6 +41,13 @@ def second(decision_id: str, first_id: str) -> str:
     )
 
 
+def unknown(decision_id: str, horizon_s: float) -> str:
+    return (
+        f"no decision {decision_id} known within the join horizon of {horizon_s:g}s (never "
+        "logged, or forgotten: older than the decision TTL or beyond the pending-decision cap)"
+    )
+
+
 def no_changes() -> JoinChanges:
     return JoinChanges()
 
@@ -54,7 +61,9 @@ def test_feedback_after_its_decision_joins() -> None:
     assert joiner.take_changes() == JoinChanges(added_decisions=[(d1, 0.0)])
     assert joiner.add_feedback(f1, now=1.0) == Joined(d1, f1)
     assert (joiner.pending_decisions, joiner.waiting_feedback) == (0, 0)
-    assert joiner.take_changes() == JoinChanges(removed_decision_ids=["d1"], applied=[("d1", "f1")])
+    assert joiner.take_changes() == JoinChanges(
+        removed_decision_ids=["d1"], applied=[("d1", "f1", 1.0)]
+    )
     assert joiner.take_changes().empty
 
 
@@ -64,7 +73,9 @@ def test_additions_and_removals_cancel_within_one_batch() -> None:
     joiner.add_feedback(feedback("f1", "d1"), now=1.0)
     joiner.add_feedback(feedback("f2", "d2"), now=2.0)
     joiner.add_decision(decision("d2"), now=3.0)
-    assert joiner.take_changes() == JoinChanges(applied=[("d1", "f1"), ("d2", "f2")])
+    assert joiner.take_changes() == JoinChanges(
+        applied=[("d1", "f1", 1.0), ("d2", "f2", 3.0)]
+    )
 
 
 def test_redelivered_feedback_is_ignored() -> None:
@@ -90,7 +101,7 @@ def test_second_feedback_with_a_new_id_is_rejected() -> None:
     joiner.take_changes()
     f2 = feedback("f2", "d1", quality=0.1)
     assert joiner.add_feedback(f2, now=2.0) == Rejected(f2, second("d1", "f1"))
-    assert joiner.take_changes() == JoinChanges(rejected_ids=["f2"])
+    assert joiner.take_changes() == JoinChanges(rejected=[("f2", 2.0)])
     # A rejected feedback that is redelivered is ignored, not rejected twice.
     assert joiner.add_feedback(f2, now=3.0) is None
     assert joiner.take_changes() == no_changes()
@@ -104,7 +115,9 @@ def test_feedback_before_its_decision_waits_then_joins() -> None:
     assert joiner.take_changes() == JoinChanges(added_waiting=[(f1, 5.0)])
     assert joiner.add_decision(d1, now=30.0) == [Joined(d1, f1)]
     assert (joiner.pending_decisions, joiner.waiting_feedback) == (0, 0)
-    assert joiner.take_changes() == JoinChanges(removed_waiting_ids=["f1"], applied=[("d1", "f1")])
+    assert joiner.take_changes() == JoinChanges(
+        removed_waiting_ids=["f1"], applied=[("d1", "f1", 30.0)]
+    )
 
 
 def test_the_first_waiting_feedback_wins_and_the_others_are_rejected_in_order() -> None:
@@ -122,8 +135,8 @@ def test_the_first_waiting_feedback_wins_and_the_others_are_rejected_in_order() 
     assert joiner.waiting_feedback == 1
     changes = joiner.take_changes()
     assert changes.added_waiting == [(other, 1.0)]
-    assert changes.applied == [("d1", "f2")]
-    assert changes.rejected_ids == ["f1", "f3"]
+    assert changes.applied == [("d1", "f2", 10.0)]
+    assert changes.rejected == [("f1", 10.0), ("f3", 10.0)]
     assert changes.removed_waiting_ids == []
 
 
@@ -134,17 +147,19 @@ def test_waiting_feedback_expires_after_the_horizon() -> None:
     joiner.add_feedback(f2, now=20.0)
     joiner.take_changes()
     assert joiner.expire(now=70.0) == []  # exactly the horizon: still waiting
-    reason = "no decision d1 arrived within the join horizon of 60s"
+    reason = unknown("d1", 60)
     assert joiner.expire(now=70.5) == [Rejected(f1, reason)]
     assert joiner.waiting_feedback == 1
-    assert joiner.take_changes() == JoinChanges(removed_waiting_ids=["f1"], rejected_ids=["f1"])
+    assert joiner.take_changes() == JoinChanges(
+        removed_waiting_ids=["f1"], rejected=[("f1", 70.5)]
+    )
     # The decision arrives too late: it is kept like any other, and the expired feedback stays out.
     assert joiner.add_decision(decision("d1"), now=71.0) == []
     assert joiner.add_feedback(f1, now=72.0) is None
     assert joiner.pending_decisions == 1
     horizon_of_half = Joiner(horizon_s=0.5)
     horizon_of_half.add_feedback(f1, now=0.0)
-    assert horizon_of_half.expire(now=1.0)[0].reason.endswith("join horizon of 0.5s")
+    assert horizon_of_half.expire(now=1.0)[0].reason == unknown("d1", 0.5)
 
 
 def test_decisions_without_feedback_are_forgotten_after_their_ttl() -> None:
@@ -207,7 +222,7 @@ def test_restore_keeps_every_rule() -> None:
         pending_decisions=changes.added_decisions,
         waiting=changes.added_waiting,
         applied=changes.applied,
-        rejected=changes.rejected_ids,
+        rejected=changes.rejected,
     )
     assert (restored.pending_decisions, restored.waiting_feedback) == (1, 1)
     assert restored.add_feedback(feedback("f1", "d1"), now=70.0) is None  # applied: ignored
@@ -217,8 +232,7 @@ def test_restore_keeps_every_rule() -> None:
     assert restored.add_decision(d1, now=70.0) == []  # joined before: ignored
     f2 = feedback("f2", "d2")
     assert restored.add_feedback(f2, now=70.0) == Joined(d2, f2)
-    reason = "no decision d4 arrived within the join horizon of 60s"
-    assert restored.expire(now=64.5) == [Rejected(feedback("f4", "d4"), reason)]
+    assert restored.expire(now=64.5) == [Rejected(feedback("f4", "d4"), unknown("d4", 60))]
 
 
 @pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
@@ -277,8 +291,8 @@ class Store:
 
     pending: dict[str, tuple[DecisionEvent, float]] = field(default_factory=dict)
     waiting: dict[str, tuple[FeedbackEvent, float]] = field(default_factory=dict)
-    applied: list[tuple[str, str]] = field(default_factory=list)
-    rejected: list[str] = field(default_factory=list)
+    applied: list[tuple[str, str, float]] = field(default_factory=list)
+    rejected: list[tuple[str, float]] = field(default_factory=list)
 
     def apply(self, changes: JoinChanges) -> None:
         for decision_id in changes.removed_decision_ids:
@@ -292,7 +306,7 @@ class Store:
             assert fb.feedback_id not in self.waiting
             self.waiting[fb.feedback_id] = (fb, arrived_at)
         self.applied.extend(changes.applied)
-        self.rejected.extend(changes.rejected_ids)
+        self.rejected.extend(changes.rejected)
 
     def restore(self) -> Joiner:
         return Joiner.restore(
@@ -363,3 +377,56 @@ def test_restored_joiner_behaves_identically_on_a_random_stream(seed: int) -> No
     assert sum("already has feedback" in r for r in reasons) > 20
     assert sum("join horizon" in r for r in reasons) > 20
     assert len(joined) > 300
+
+
+def test_beyond_the_cap_the_oldest_pending_decision_is_forgotten() -> None:
+    joiner = Joiner(horizon_s=60, max_pending=2)
+    d1, d2, d3 = decision("d1"), decision("d2"), decision("d3")
+    joiner.add_decision(d1, now=0.0)
+    joiner.add_decision(d2, now=1.0)
+    joiner.take_changes()
+    assert joiner.add_decision(d3, now=2.0) == []
+    assert joiner.pending_decisions == 2
+    assert joiner.take_changes() == JoinChanges(
+        added_decisions=[(d3, 2.0)], removed_decision_ids=["d1"]
+    )
+    # A decision added and evicted within one batch leaves no trace for the store.
+    joiner.add_decision(decision("d4"), now=3.0)
+    joiner.add_decision(decision("d5"), now=4.0)
+    assert [d.decision_id for d, _ in joiner.take_changes().added_decisions] == ["d4", "d5"]
+    # Feedback for an evicted decision waits, then goes to dead letters, saying why it may be.
+    late = feedback("f1", "d1")
+    assert joiner.add_feedback(late, now=5.0) is None
+    assert joiner.expire(now=65.5) == [Rejected(late, unknown("d1", 60))]
+    assert joiner.add_feedback(feedback("f5", "d5"), now=66.0) == Joined(decision("d5"), feedback("f5", "d5"))
+
+
+def test_applied_and_rejected_ids_are_forgotten_after_the_ttl_and_never_applied_twice() -> None:
+    joiner = Joiner(horizon_s=10, decision_ttl_s=100)
+    d1 = decision("d1")
+    joiner.add_decision(d1, now=0.0)
+    f1, f2 = feedback("f1", "d1"), feedback("f2", "d1")
+    assert joiner.add_feedback(f1, now=1.0) == Joined(d1, f1)
+    assert joiner.add_feedback(f2, now=2.0) == Rejected(f2, second("d1", "f1"))
+    assert joiner.expire(now=101.0) == []
+    assert joiner.knows_decision("d1")  # f1 joined at 1.0: remembered until 101.0
+    assert joiner.expire(now=102.5) == []
+    assert not joiner.knows_decision("d1")
+    # Redeliveries after the TTL find no decision: they wait and expire, never applied again.
+    assert joiner.add_feedback(f1, now=103.0) is None
+    assert joiner.add_feedback(f2, now=103.0) is None
+    assert [r.feedback for r in joiner.expire(now=113.5)] == [f1, f2]
+
+
+def test_restore_under_a_lower_cap_keeps_the_newest_and_drops_the_rest_from_the_store() -> None:
+    pending = [(decision(f"d{i}"), float(i)) for i in range(5)]
+    restored = Joiner.restore(60, 1000, pending, waiting=[], applied=[], max_pending=2)
+    assert restored.pending_decisions == 2
+    assert restored.knows_decision("d4") and restored.knows_decision("d3")
+    assert not restored.knows_decision("d2")
+    assert restored.take_changes() == JoinChanges(removed_decision_ids=["d0", "d1", "d2"])
+
+
+def test_a_cap_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_pending must be at least 1"):
+        Joiner(horizon_s=1, max_pending=0)

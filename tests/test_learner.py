@@ -184,7 +184,7 @@ def test_out_of_order_feedback_waits_across_a_restart_and_expires_at_the_horizon
     restarted.commit()
     state, detail = storage.decision_status("d2")
     assert state == "dead_lettered"
-    assert detail["reason"] == "no decision d2 arrived within the join horizon of 60s"
+    assert detail["reason"].startswith("no decision d2 known within the join horizon of 60s (")
     stats = storage.stats()
     assert stats["waiting_feedback"] == 0 and stats["feedback_applied"] == 1
 
@@ -225,3 +225,25 @@ def test_feedback_is_applied_in_the_order_of_its_log_whatever_the_decisions_deli
         reference = second.policies[name].state()
         for key, array in policy.state().items():
             assert np.array_equal(array, reference[key]), f"{name}.{key}"
+
+
+def test_pending_decisions_stay_under_the_cap_in_memory_and_in_the_join_state(world):
+    settings, storage, bus, clock, engine = world
+    capped = settings.model_copy(update={"max_pending_decisions": 20})
+    rng = np.random.default_rng(3)
+    decisions = [decision(i, rng) for i in range(100)]
+    publish(bus, decisions)
+    learner = Learner.open(capped, storage, bus, Featurizer(DIM), clock=clock)
+    drain(learner)
+    learner.commit()
+    with engine.connect() as connection:
+        kept = connection.execute(text("select decision_id from pending_decisions")).scalars().all()
+    assert sorted(kept, key=lambda d: int(d[1:])) == [f"d{i}" for i in range(80, 100)]
+    # Feedback for a kept decision is applied; for a forgotten one it waits, then dead-letters.
+    publish(bus, [feedback(99, 0.9), feedback(5, 0.9)])
+    drain(learner)
+    clock.now += 61.0
+    drain(learner)
+    learner.close()
+    assert storage.stats()["feedback_applied"] == 1
+    assert storage.decision_status("d5")[0] == "dead_lettered"

@@ -373,7 +373,9 @@ def test_checkpoint_round_trip(storage: Storage) -> None:
     }
     assert loaded.pending_decisions == [(b"decision-2", 6.0), (b"d-3", 7.0), (b"decision-4", 9.0)]
     assert loaded.waiting_feedback == [(b"feedback-8", 7.5)]
-    assert loaded.applied == [("d0", "f0"), ("d1", "f1")]
+    assert loaded.applied == [("d0", "f0", 4.5), ("d1", "f1", 9.5)]
+    # A learner loads only the recent applied feedback (its joiner forgets older ids anyway).
+    assert storage.load_checkpoint("learner", applied_since=5.0).applied == [("d1", "f1", 9.5)]
     assert storage.counter("decisions") == 4
     assert storage.counter("feedback_received") == 2
     assert storage.snapshot_versions() == {"linucb": 2, "random": 1}

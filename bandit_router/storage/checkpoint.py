@@ -62,4 +62,4 @@ class LoadedCheckpoint:
     offsets: dict[tuple[str, int], int]  # (topic, partition) -> next offset, for this group
     pending_decisions: list[tuple[bytes, float]]  # (payload, received_at), oldest first
     waiting_feedback: list[tuple[bytes, float]]  # (payload, arrived_at), oldest first
-    applied: list[tuple[str, str]]  # (decision_id, feedback_id)
+    applied: list[tuple[str, str, float]]  # (decision_id, feedback_id, applied_at)

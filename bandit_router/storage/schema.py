@@ -113,7 +113,7 @@ class AppliedFeedbackRow(Base):
 
     feedback_id: Mapped[str] = mapped_column(String(NAME_LENGTH), primary_key=True)
     decision_id: Mapped[str] = mapped_column(String(NAME_LENGTH), unique=True)
-    applied_at: Mapped[float] = mapped_column(Float)
+    applied_at: Mapped[float] = mapped_column(Float, index=True)
     policy_version: Mapped[int] = mapped_column(Integer)
 
 

@@ -224,8 +224,10 @@ class Storage:
             row = session.get(LearnerLeaseRow, group)
             return None if row is None else (row.holder, row.epoch, row.expires_at)
 
-    def load_checkpoint(self, group: str) -> LoadedCheckpoint:
-        """The last committed state of consumer group ``group`` (empty if it never committed)."""
+    def load_checkpoint(self, group: str, applied_since: float | None = None) -> LoadedCheckpoint:
+        """The last committed state of consumer group ``group`` (empty if it never committed),
+        with the applied feedback of ``applied_since`` or later (all if None): the joiner needs
+        only the recent ones, the table keeps every one for ``GET /v1/decisions``."""
         with self._sessions() as session:
             offsets = session.execute(
                 select(
@@ -244,17 +246,20 @@ class Storage:
                     WaitingFeedbackRow.arrived_at, WaitingFeedbackRow.feedback_id
                 )
             )
-            applied = session.execute(
-                select(AppliedFeedbackRow.decision_id, AppliedFeedbackRow.feedback_id).order_by(
-                    AppliedFeedbackRow.applied_at, AppliedFeedbackRow.feedback_id
-                )
-            )
+            recent = select(
+                AppliedFeedbackRow.decision_id,
+                AppliedFeedbackRow.feedback_id,
+                AppliedFeedbackRow.applied_at,
+            ).order_by(AppliedFeedbackRow.applied_at, AppliedFeedbackRow.feedback_id)
+            if applied_since is not None:
+                recent = recent.where(AppliedFeedbackRow.applied_at >= applied_since)
+            applied = session.execute(recent)
             return LoadedCheckpoint(
                 snapshots=_newest_snapshots(session, None),
                 offsets={(topic, partition): offset for topic, partition, offset in offsets},
                 pending_decisions=[(payload, at) for payload, at in pending],
                 waiting_feedback=[(payload, at) for payload, at in waiting],
-                applied=[(decision_id, feedback_id) for decision_id, feedback_id in applied],
+                applied=[(decision_id, feedback_id, at) for decision_id, feedback_id, at in applied],
             )
 
     def newest_snapshots(self, policies: Iterable[str] | None = None) -> dict[str, Snapshot]:
