@@ -63,8 +63,6 @@ MAX_FEATURE_MAGNITUDE = 1e6  # larger context values overflow the policies' quad
 RECENT_DECISIONS = 100_000  # decisions whose chosen model feedback finds without a lookup
 SERVING_POLICY = "serving_policy"  # the service_config key of the operator's serving choice
 
-log = logging.getLogger(__name__)
-
 
 class ServiceError(Exception):
     """A request the service cannot serve; ``field`` names the part of the request at fault."""
