@@ -175,10 +175,11 @@ class Settings(BaseSettings):
         "(0: after every commit).",
     )
     ope_sample_every: int = Field(
-        20,
+        40,
         ge=1,
         description="The learner computes every policy's probabilities for the live off-policy "
-        "estimates on one event in this many (1: every event; more: less learner overhead).",
+        "estimates on one event in this many (1: every event; more: less learner overhead; at "
+        "40 that work costs the learner about 3% of its throughput, at 20 about 5%).",
     )
     seed: int = Field(0, ge=0, description="Seed of the policies' random generators.")
     host: str = Field("127.0.0.1", min_length=1, description="Interface the API listens on.")

@@ -43,7 +43,7 @@ def test_defaults_without_environment_or_file() -> None:
     assert settings.reload_every_s == 2.0
     assert settings.mlflow_enabled is True  # (tests/conftest.py turns it off for other tests)
     assert settings.mlflow_uri == f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-    assert settings.ope_sample_every == 20 and settings.mlflow_log_every_s == 5.0
+    assert settings.ope_sample_every == 40 and settings.mlflow_log_every_s == 5.0
     assert (settings.seed, settings.host, settings.port, settings.keep_prompts) == (
         0,
         "127.0.0.1",

@@ -226,3 +226,30 @@ def test_expected_equals_the_predicted_means_when_only_some_outcomes_use_the_ful
     x = rng.normal(size=dim)
     means = policy.predict(x)[0]
     np.testing.assert_array_equal(policy.expected(x, ["c", "a"]), means[[2, 0]])
+
+
+def test_policies_sharing_a_model_score_a_context_with_one_prediction(monkeypatch):
+    dim = 8
+    rng = np.random.default_rng(4)
+    ucb = LinUCB(ARMS, dim=dim, scales=SCALES, fallback_features=[0])
+    ts = LinTS(ARMS, dim=dim, scales=SCALES, fallback_features=[0])
+    assert ts.share_model(ucb)
+    passes = []
+    original = type(ucb.fallback).predict
+    monkeypatch.setattr(
+        type(ucb.fallback), "predict", lambda self, x: passes.append(1) or original(self, x)
+    )
+    x = rng.normal(size=dim)
+    before = (ucb.probabilities(x, ARMS, Preference()), ts.probabilities(x, ARMS, Preference()))
+    assert len(passes) == 1  # the second policy reused the first one's prediction
+    ucb.probabilities(x.copy(), ARMS, Preference())  # equal values, another array: still cached
+    assert len(passes) == 1
+    # Learning (or a new arm) makes it stale: the next call predicts afresh and sees the change.
+    for policy in (ucb, ts):
+        policy.update(x, "a", Outcome(quality=1.0, cost=0.0, latency_ms=0.0), Preference(), 0.5)
+    after = ucb.probabilities(x, ARMS, Preference())
+    assert len(passes) == 2 and not np.array_equal(after, before[0])
+    ucb.add_arm("d")
+    assert ucb.probabilities(x, ARMS + ["d"], Preference()).shape == (4,) and len(passes) == 3
+    with pytest.raises(ValueError, match="read-only"):
+        ucb.predict(x)[0][0, 0] = 1.0
