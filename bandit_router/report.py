@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -86,29 +87,33 @@ def plot_regret(results: dict[str, Any], path: Path, note: str = "") -> None:
 
 def plot_frontier(results: dict[str, Any], path: Path) -> None:
     """Mean quality against mean cost: each policy across cost weights, each single model a point."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.8))
-    for policy in dict.fromkeys(r["policy"] for r in results["runs"]):
+    fig, ax = plt.subplots(figsize=(7.5, 5.2))
+    # The cost weights are written next to the first policy's points only: every policy's points
+    # crowd the same places, and one set of labels shows which end is which.
+    for i, policy in enumerate(dict.fromkeys(r["policy"] for r in results["runs"])):
         runs = sorted((r for r in results["runs"] if r["policy"] == policy), key=lambda r: r["cost"])
-        ax.plot([r["cost"] for r in runs], [r["quality"] for r in runs], marker="o", label=policy)
-        for r in runs:
+        label = f"{policy} (c = cost weight)" if i == 0 else policy
+        (line,) = ax.plot([r["cost"] for r in runs], [r["quality"] for r in runs], marker="o",
+                          label=label)
+        for r in runs if i == 0 else ():
             ax.annotate(f"c={r['cost_weight']:g}", (r["cost"], r["quality"]), fontsize=7,
-                        textcoords="offset points", xytext=(4, -8))
+                        color=line.get_color(), textcoords="offset points", xytext=(-6, 7),
+                        ha="right")
     oracle = sorted(results["oracle"], key=lambda r: r["cost"])
     ax.plot([r["cost"] for r in oracle], [r["quality"] for r in oracle], "k--", marker="x",
             label="oracle (hindsight)")
     seen: dict[str, dict[str, Any]] = {}
     for m in results["models"]:
         seen.setdefault(m["model"], m)
-    for name, m in seen.items():
-        ax.scatter([m["cost"]], [m["quality"]], marker="s", color="grey", zorder=3)
-        ax.annotate(name, (m["cost"], m["quality"]), fontsize=8, textcoords="offset points",
-                    xytext=(4, 4))
+    for (name, m), marker in zip(seen.items(), itertools.cycle("sDv^<>ph"), strict=False):
+        ax.scatter([m["cost"]], [m["quality"]], marker=marker, color="grey", zorder=3,
+                   label=f"model {name}")
     ax.set_xscale("log")
     ax.set_xlabel("mean cost per call ($, log scale)")
     ax.set_ylabel("mean quality")
     ax.set_title("cost / quality frontier across cost weights")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
