@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 from sqlalchemy import Engine, text
@@ -34,11 +34,19 @@ from bandit_router.catalog import (
     typical_cost,
 )
 from bandit_router.config import ConfigError, Settings
+from bandit_router.decision_lookup import DecisionLookup, decision_body
 from bandit_router.featurizer import Featurizer
 from bandit_router.learner import GROUP, Learner
 from bandit_router.learner_runner import ActiveLearner, LearnerThread, learner_id
 from bandit_router.policy_factory import POLICY_NAMES
 from bandit_router.policy_set import PolicySet, prior_outcome, restore_policy
+from bandit_router.service_errors import (
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    ServiceError,
+    field_of,
+)
 from bandit_router.storage import Storage, make_engine, prepare_schema
 from bandit_router.tracking import LearnerTracker
 from policies import OBJECTIVES, LinearPolicy, Preference
@@ -49,9 +57,7 @@ from streams import (
     DecisionEvent,
     EventError,
     FeedbackEvent,
-    Record,
     SparseFeatures,
-    decode,
     encode,
 )
 from streams.embedded import EmbeddedBus
@@ -60,41 +66,7 @@ from streams.outbox import OutboxBus
 log = logging.getLogger(__name__)
 
 MAX_FEATURE_MAGNITUDE = 1e6  # larger context values overflow the policies' quadratic forms
-RECENT_DECISIONS = 100_000  # decisions whose chosen model feedback finds without a lookup
 SERVING_POLICY = "serving_policy"  # the service_config key of the operator's serving choice
-
-
-class ServiceError(Exception):
-    """A request the service cannot serve; ``field`` names the part of the request at fault."""
-
-    status = 422
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-
-
-class InvalidRequestError(ServiceError):
-    """The request contradicts itself or the service's state (unknown model, policy, ...)."""
-
-
-class NotFoundError(ServiceError):
-    """The decision or model named in the request does not exist."""
-
-    status = 404
-
-
-class ConflictError(ServiceError):
-    """The request is fine but the service's state cannot serve it (e.g. no enabled model)."""
-
-    status = 409
-
-
-@runtime_checkable
-class RecordFinder(Protocol):
-    """A bus that can look records up by key (the embedded one): lets the API check decisions."""
-
-    def find(self, topic: str, key: str) -> list[Record]: ...
 
 
 @dataclass(frozen=True)
@@ -159,9 +131,7 @@ class RouterService:
         self._rng = np.random.default_rng(settings.seed)
         self._catalog = {model.name: model for model in storage.list_models()}
         self._owns_engine = False
-        # The chosen model of decisions logged here lately: most feedback comes soon after its
-        # decision, and finding it this way skips a database read and a decode (~240 us).
-        self._recent = _RecentChoices(RECENT_DECISIONS) if self._finder() is not None else None
+        self._decisions = DecisionLookup(bus)
 
     @classmethod
     def open(
@@ -303,8 +273,7 @@ class RouterService:
         return result
 
     def _logged(self, result: RouteResult) -> None:
-        if self._recent is not None:
-            self._recent.add(result.decision_id, result.model)
+        self._decisions.remember(result.decision_id, result.model)
 
     def decide(
         self,
@@ -352,7 +321,7 @@ class RouterService:
                 tenant=tenant,
             )
         except EventError as error:  # only the tenant text comes unchecked from the caller
-            raise InvalidRequestError(_field_of(error), str(error)) from None
+            raise InvalidRequestError(field_of(error), str(error)) from None
         payload = encode(event)
         if self.settings.keep_prompts and prompt is not None:
             # Opt-in debugging aid: decoders ignore fields they do not know.
@@ -474,7 +443,7 @@ class RouterService:
         decision it never logged is refused (`NotFoundError`); resending a feedback id is
         harmless (the learner ignores redeliveries).
         """
-        chosen = self._chosen_model(decision_id)
+        chosen = self._decisions.chosen_model(decision_id)
         if cost is None and chosen is not None:
             cost = self._catalog_cost(chosen, input_tokens, output_tokens)
         try:
@@ -487,7 +456,7 @@ class RouterService:
                 latency_ms=latency_ms,
             )
         except EventError as error:
-            raise InvalidRequestError(_field_of(error), str(error)) from None
+            raise InvalidRequestError(field_of(error), str(error)) from None
         return event
 
     def _catalog_cost(
@@ -507,40 +476,11 @@ class RouterService:
         except CatalogError as error:
             raise InvalidRequestError("input_tokens", str(error)) from None
 
-    def _chosen_model(self, decision_id: str) -> str | None:
-        """The model a logged decision chose; None if the bus cannot look decisions up, and
-        `NotFoundError` if it can and the decision was never logged."""
-        chosen = None if self._recent is None else self._recent.get(decision_id)
-        if chosen is not None:
-            return chosen
-        decision = self._logged_decision(decision_id)
-        if decision is None and self._finder() is not None:
-            raise NotFoundError("decision_id", f"no decision {decision_id!r} was routed here")
-        return None if decision is None else decision.chosen
-
-    def _finder(self) -> RecordFinder | None:
-        """The bus, if it can look records up by key (the embedded log can; Kafka cannot)."""
-        bus = self.bus.inner if isinstance(self.bus, OutboxBus) else self.bus
-        return bus if isinstance(bus, RecordFinder) else None
-
-    def _logged_decision(self, decision_id: str) -> DecisionEvent | None:
-        finder = self._finder()
-        if finder is None:
-            return None
-        for record in finder.find(TOPIC_DECISIONS, decision_id):
-            try:
-                event = decode(record.value)
-            except EventError:
-                continue
-            if isinstance(event, DecisionEvent):
-                return event
-        return None
-
     # --- decisions -------------------------------------------------------------------------------
     def decision(self, decision_id: str) -> DecisionInfo:
         """Where a decision is: pending (logged, no feedback applied yet), applied, or
         dead_lettered (with the reason)."""
-        logged = self._logged_decision(decision_id)
+        logged = self._decisions.logged(decision_id)
         status = self.storage.decision_status(decision_id)
         if status is None and logged is None:
             raise NotFoundError("decision_id", f"no decision {decision_id!r} is known")
@@ -548,7 +488,7 @@ class RouterService:
         return DecisionInfo(
             decision_id=decision_id,
             state=state,
-            decision=None if logged is None else _decision_body(logged),
+            decision=None if logged is None else decision_body(logged),
             detail=detail,
         )
 
@@ -679,24 +619,6 @@ class RouterService:
         return checks
 
 
-class _RecentChoices:
-    """decision id -> chosen model for the last ``size`` decisions, oldest dropped first."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._choices: dict[str, str] = {}
-        self._lock = threading.Lock()
-
-    def add(self, decision_id: str, model: str) -> None:
-        with self._lock:
-            self._choices[decision_id] = model
-            if len(self._choices) > self._size:
-                del self._choices[next(iter(self._choices))]
-
-    def get(self, decision_id: str) -> str | None:
-        return self._choices.get(decision_id)
-
-
 def use_stored_serving_policy(policies: PolicySet, storage: Storage) -> None:
     """Serve the policy an operator chose with ``PUT /v1/policies/serving`` (stored in the
     database), if it is one of ``policies``."""
@@ -741,31 +663,10 @@ def catalog_model(name: str, **values: Any) -> CatalogModel:
         raise InvalidRequestError(field, message) from None
 
 
-def _decision_body(event: DecisionEvent) -> dict[str, Any]:
-    return {
-        "ts": event.ts,
-        "policy": event.policy,
-        "policy_version": event.policy_version,
-        "model": event.chosen,
-        "propensity": event.propensity,
-        "probabilities": dict(zip(event.arms, event.probabilities, strict=True)),
-        "preference": dict(zip(OBJECTIVES, event.preference, strict=True)),
-        "tenant": event.tenant,
-    }
-
-
 def _with_field(payload: bytes, name: str, value: Any) -> bytes:
     body = json.loads(payload)
     body[name] = value
     return json.dumps(body, separators=(",", ":"), allow_nan=False).encode("utf-8")
-
-
-def _field_of(error: EventError) -> str:
-    """The field an `EventError` message names (``field 'quality' must ...``)."""
-    message = str(error)
-    start = message.find("'")
-    end = message.find("'", start + 1)
-    return message[start + 1 : end] if 0 <= start < end else "body"
 
 
 __all__ = [
