@@ -216,14 +216,10 @@ class LinearPolicy(Policy):
     def expected(self, x: np.ndarray, arms: Sequence[str]) -> np.ndarray:
         """Predicted normalised outcomes ``(len(arms), 3)``: quality, cost/scale, latency/scale.
 
-        Means only: it skips the uncertainty, the O(arms * d^2) part of `predict`.
+        Callers ask right after `probabilities` for the same context (the route's ``expected``,
+        the off-policy reward model), so `predict` answers from its last prediction.
         """
-        idx = self.indices(arms)
-        use_full = self.uses_full_model()
-        means = self.fallback.means(x, idx)
-        if use_full.any():
-            means = np.where(use_full, self.ridge.means(x, idx), means)
-        return means
+        return self.predict(x)[0][self.indices(arms)]
 
     def _scores(
         self, x: np.ndarray, arms: Sequence[str], preference: Preference

@@ -81,10 +81,6 @@ class RidgeArms:
         """Predicted outcomes of one arm."""
         return self.context(x) @ self.theta[arm]
 
-    def means(self, x: np.ndarray, arms: np.ndarray) -> np.ndarray:
-        """Predicted outcomes ``(len(arms), 3)`` of the given arm indices (no uncertainty)."""
-        return self.context(x) @ self.theta[arms]
-
     def update(self, arm: int, x: np.ndarray, y: np.ndarray) -> None:
         """One Sherman-Morrison step for ``arm``. NaN targets (unknown cost/latency) leave that column's
         estimate where it is: they are imputed with the current prediction.
