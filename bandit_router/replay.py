@@ -4,6 +4,11 @@ For every cost weight and policy it streams the rows in one seeded order, sample
 policy's probabilities, reveals that model's outcome, and updates the policy; it reports mean utility,
 quality and cost, cumulative regret against the per-row oracle, and the same numbers for every single
 model, the per-task best model (chosen in hindsight) and the oracle.
+
+Given the data's expected outcomes (synthetic data knows them, `bandit_router.synth.expected_outcomes`)
+it also splits that regret: the expected-utility oracle's own regret (outcome noise no policy can
+foresee), each run's pseudo-regret against the expected-utility oracle, and the part of it the
+probability floor costs by construction.
 """
 
 from __future__ import annotations
@@ -143,13 +148,36 @@ def _start_policy(
     return policy
 
 
-def replay(dataset: RoutingDataset, config: ReplayConfig, progress: bool = True) -> dict[str, Any]:
-    """Run every (cost weight, policy) pair and return the results document (see the README)."""
-    order = np.random.default_rng(config.seed).permutation(dataset.rows)[: config.limit]
+def replay_scales(dataset: RoutingDataset, config: ReplayConfig) -> Scales:
+    """The utility's scales a replay of ``dataset`` under ``config`` uses."""
+    return _scales(dataset.subset(_row_order(dataset, config)), config)
+
+
+def _scales(replayed: RoutingDataset, config: ReplayConfig) -> Scales:
+    cost = config.cost_scale or default_cost_scale(replayed)
+    return Scales(cost=cost, latency_ms=config.latency_scale_ms)
+
+
+def _row_order(dataset: RoutingDataset, config: ReplayConfig) -> np.ndarray:
+    return np.random.default_rng(config.seed).permutation(dataset.rows)[: config.limit]
+
+
+def replay(
+    dataset: RoutingDataset,
+    config: ReplayConfig,
+    progress: bool = True,
+    expected_outcomes: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Run every (cost weight, policy) pair and return the results document (see the README).
+
+    ``expected_outcomes`` (optional, ``(rows, models, 3)`` in ``dataset``'s row order, normalised
+    with `replay_scales`): the ground truth, which adds ``expected_oracle`` and each run's
+    ``pseudo_regret``, its slope and ``floor_regret`` (see the module docstring).
+    """
+    order = _row_order(dataset, config)
     data = dataset.subset(order)
-    scales = Scales(
-        cost=config.cost_scale or default_cost_scale(data), latency_ms=config.latency_scale_ms
-    )
+    scales = _scales(data, config)
+    truth = None if expected_outcomes is None else np.asarray(expected_outcomes)[order]
     featurizer = Featurizer(dim=config.dim)
     features = featurizer.transform_many(data.prompts)
     outcomes = normalize_columns(data.quality, data.cost, data.latency_ms, scales)
@@ -168,6 +196,8 @@ def replay(dataset: RoutingDataset, config: ReplayConfig, progress: bool = True)
         "task_best": [],
         "curves": [],
     }
+    if truth is not None:
+        results["expected_oracle"] = []
     for weight in config.cost_weights:
         preference = Preference.from_cost_weight(weight)
         utility = utilities(outcomes, preference)  # (rows, models)
@@ -180,6 +210,19 @@ def replay(dataset: RoutingDataset, config: ReplayConfig, progress: bool = True)
             results[reference].append(
                 {"cost_weight": weight}
                 | _summary(_pick(utility, choices), _pick(data.quality, choices), _pick(data.cost, choices))
+            )
+        if truth is not None:
+            expected = utilities(truth, preference)  # (rows, models)
+            expected_best = expected.max(axis=1)
+            expected_oracle = expected.argmax(axis=1)
+            results["expected_oracle"].append(
+                {"cost_weight": weight}
+                | _summary(
+                    _pick(utility, expected_oracle),
+                    _pick(data.quality, expected_oracle),
+                    _pick(data.cost, expected_oracle),
+                )
+                | {"regret": float((best - _pick(utility, expected_oracle)).sum())}
             )
         for m, model in enumerate(data.models):
             results["models"].append(
@@ -202,6 +245,16 @@ def replay(dataset: RoutingDataset, config: ReplayConfig, progress: bool = True)
                     "choices": {m: int((choices == i).sum()) for i, m in enumerate(data.models)},
                 }
             )
+            pseudo = {}
+            if truth is not None:
+                pseudo_regret = np.cumsum(expected_best - _pick(expected, choices))
+                results["runs"][-1] |= {
+                    "pseudo_regret": float(pseudo_regret[-1]),
+                    "pseudo_regret_slope_last_decade": regret_slope(pseudo_regret),
+                    # Every arm keeps `floor` of the probability whatever the policy learned.
+                    "floor_regret": float(policy.floor * (expected_best[:, None] - expected).sum()),
+                }
+                pseudo = {"pseudo_regret": pseudo_regret[checkpoints].tolist()}
             results["curves"].append(
                 {
                     "cost_weight": weight,
@@ -209,6 +262,7 @@ def replay(dataset: RoutingDataset, config: ReplayConfig, progress: bool = True)
                     "rows": seen.tolist(),
                     "regret": regret[checkpoints].tolist(),
                 }
+                | pseudo
                 | {
                     key: (np.cumsum(_pick(values, choices))[checkpoints] / seen).tolist()
                     for key, values in (("utility", utility), ("quality", data.quality), ("cost", data.cost))

@@ -41,8 +41,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import norm
 
 from bandit_router.dataset import RoutingDataset
+from policies import Scales
 
 
 @dataclass(frozen=True)
@@ -320,6 +322,59 @@ def generate(models: int = 6, rows: int = 20000, seed: int = 0) -> SynthData:
         expected_quality=expected_quality,
         task_index=task_index,
     )
+
+
+# Gauss-Hermite nodes for expectations over the standard-normal log of a lognormal factor.
+_NODES, _WEIGHTS = np.polynomial.hermite_e.hermegauss(24)
+_WEIGHTS = _WEIGHTS / _WEIGHTS.sum()
+
+
+def expected_outcomes(data: SynthData, scales: Scales) -> np.ndarray:
+    """The ground truth behind the noise: each row's and model's expected normalised outcomes
+    ``(rows, models, 3)``, ``[E quality, E min(cost / scale, 1), E min(latency / scale, 1)]``.
+
+    What a policy could know at best from the prompt: the task and the prompt's length, not the
+    row's draws. Quality is the mean of the clipped normal, cost and latency are integrated over
+    the lognormal answer length and latency factor (Gauss-Hermite, 24 nodes each). `utilities` of
+    this is each row's expected utility; its argmax is the expected-utility oracle, against which
+    regret is the pseudo-regret of bandit theory.
+
+    Examples
+    --------
+    >>> data = generate(models=2, rows=2000, seed=3)
+    >>> truth = expected_outcomes(data, Scales(cost=0.01, latency_ms=10000.0))
+    >>> observed = np.stack([data.quality, np.minimum(data.cost / 0.01, 1.0)], axis=-1)
+    >>> bool(np.all(np.abs(observed.mean(axis=0) - truth[:, :, :2].mean(axis=0)) < 0.005))
+    True
+    """
+    ladder = {m.name: m for m in MODEL_LADDER}
+    models = [ladder[name] for name in data.models]
+
+    def per_model(field: str) -> np.ndarray:
+        return np.array([getattr(m, field) for m in models])[None, :]
+
+    spread = np.hypot(ROW_SHIFT_STD, QUALITY_NOISE_STD)
+    low, high = -data.expected_quality / spread, (1.0 - data.expected_quality) / spread
+    quality = (
+        data.expected_quality * (norm.cdf(high) - norm.cdf(low))
+        + spread * (norm.pdf(low) - norm.pdf(high))
+        + norm.sf(high)
+    )
+    input_tokens = np.ceil(np.array([len(p) for p in data.prompts]) / 4.0)[:, None]
+    task_tokens = np.array([t.output_tokens_mean for t in TASKS])[data.task_index][:, None]
+    cost = np.zeros_like(quality)
+    latency = np.zeros_like(quality)
+    for node, weight in zip(_NODES, _WEIGHTS, strict=True):
+        output_tokens = np.maximum(
+            1.0, np.round(task_tokens * per_model("verbosity") * np.exp(OUTPUT_TOKENS_SIGMA * node))
+        )
+        price = input_tokens * per_model("price_in_per_m") + output_tokens * per_model("price_out_per_m")
+        cost += weight * np.minimum(price / 1e6 / scales.cost, 1.0)
+        base = per_model("ttft_ms") + output_tokens * per_model("ms_per_output_token")
+        for latency_node, latency_weight in zip(_NODES, _WEIGHTS, strict=True):
+            factor = np.exp(LATENCY_SIGMA * latency_node)
+            latency += weight * latency_weight * np.minimum(base * factor / scales.latency_ms, 1.0)
+    return np.stack([quality, cost, latency], axis=-1)
 
 
 def write_csv(data: SynthData, path: str | Path) -> None:

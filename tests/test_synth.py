@@ -11,7 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bandit_router.synth import MODEL_LADDER, TASKS, SynthData, generate, write_csv
+from bandit_router.synth import (
+    MODEL_LADDER,
+    TASKS,
+    SynthData,
+    expected_outcomes,
+    generate,
+    write_csv,
+)
 from policies.preference import Preference, Scales, normalize_columns, utilities
 
 SEEDS = range(5)
@@ -163,3 +170,18 @@ def test_observed_oracle_is_mostly_the_expected_oracle(seed: int) -> None:
     expected = _expected_utilities(data, 0.5, data.expected_quality).argmax(axis=1)
     observed = _expected_utilities(data, 0.5, data.quality).argmax(axis=1)
     assert np.mean(observed == expected) > 0.85
+
+
+def test_expected_outcomes_match_the_draws_per_task_and_model() -> None:
+    """The ground truth is the mean of what the generator draws, per task and model, for all three
+    outcomes (within 4 standard errors)."""
+    data = generate(models=6, rows=20000, seed=1)
+    scales = Scales(cost=float(data.cost[:, -1].mean()), latency_ms=10_000)
+    truth = expected_outcomes(data, scales)
+    observed = normalize_columns(data.quality, data.cost, data.latency_ms, scales)
+    assert truth.shape == observed.shape == (20000, 6, 3)
+    for task in range(len(TASKS)):
+        rows = data.task_index == task
+        error = np.abs(observed[rows].mean(axis=0) - truth[rows].mean(axis=0))
+        standard_error = observed[rows].std(axis=0) / np.sqrt(rows.sum())
+        assert np.all(error < 4 * standard_error + 1e-4), TASKS[task].name
