@@ -148,6 +148,18 @@ def _start_policy(
     return policy
 
 
+def _floored_oracle(
+    utility: np.ndarray, best: np.ndarray, expected_oracle: np.ndarray, floor: float
+) -> dict[str, float]:
+    """Expected regret (against the per-row oracle) of the best a policy with a probability floor
+    can do: play the expected-utility oracle's choice, every other arm with the floor."""
+    arms = utility.shape[1]
+    per_row = (1.0 - arms * floor) * (best - _pick(utility, expected_oracle))
+    per_row += floor * (best[:, None] - utility).sum(axis=1)
+    curve = np.cumsum(per_row)
+    return {"floored_regret": float(curve[-1]), "floored_regret_slope_last_decade": regret_slope(curve)}
+
+
 def replay_scales(dataset: RoutingDataset, config: ReplayConfig) -> Scales:
     """The utility's scales a replay of ``dataset`` under ``config`` uses."""
     return _scales(dataset.subset(_row_order(dataset, config)), config)
@@ -223,6 +235,7 @@ def replay(
                     _pick(data.cost, expected_oracle),
                 )
                 | {"regret": float((best - _pick(utility, expected_oracle)).sum())}
+                | _floored_oracle(utility, best, expected_oracle, config.params.floor)
             )
         for m, model in enumerate(data.models):
             results["models"].append(

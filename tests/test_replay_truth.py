@@ -51,3 +51,18 @@ def test_floor_share_and_random_pseudo_regret_follow_the_truth(synthetic) -> Non
     noise = results["expected_oracle"][0]["regret"]
     assert 0 < noise < 0.1 * runs["random"]["regret"]
     assert runs["linucb"]["pseudo_regret"] < 0.5 * runs["random"]["pseudo_regret"]  # it learns
+
+
+def test_the_floored_oracle_regret_is_noise_and_floor(synthetic) -> None:
+    """The best a floored policy can do: its expected regret mixes the expected-utility oracle's
+    regret and every arm's, and grows linearly (slope ~1)."""
+    data, dataset = synthetic
+    config = ReplayConfig(policies=("random",), cost_weights=(0.25,), seed=3)
+    truth = expected_outcomes(data, replay_scales(dataset, config))
+    results = replay(dataset, config, progress=False, expected_outcomes=truth)
+    reference = results["expected_oracle"][0]
+    random_regret = results["runs"][0]["regret"]  # uniform: the mean of every arm's regret
+    floor, arms = config.params.floor, len(dataset.models)
+    expected = (1 - arms * floor) * reference["regret"] + floor * arms * random_regret
+    assert reference["floored_regret"] == pytest.approx(expected, rel=0.05)
+    assert reference["floored_regret_slope_last_decade"] == pytest.approx(1.0, abs=0.1)
