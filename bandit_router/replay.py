@@ -154,10 +154,13 @@ def _floored_oracle(
     """Expected regret (against the per-row oracle) of the best a policy with a probability floor
     can do: play the expected-utility oracle's choice, every other arm with the floor."""
     arms = utility.shape[1]
-    per_row = (1.0 - arms * floor) * (best - _pick(utility, expected_oracle))
-    per_row += floor * (best[:, None] - utility).sum(axis=1)
-    curve = np.cumsum(per_row)
-    return {"floored_regret": float(curve[-1]), "floored_regret_slope_last_decade": regret_slope(curve)}
+    gained = (1.0 - arms * floor) * _pick(utility, expected_oracle) + floor * utility.sum(axis=1)
+    curve = np.cumsum(best - gained)
+    return {
+        "floored_utility": float(gained.mean()),
+        "floored_regret": float(curve[-1]),
+        "floored_regret_slope_last_decade": regret_slope(curve),
+    }
 
 
 def replay_scales(dataset: RoutingDataset, config: ReplayConfig) -> Scales:
