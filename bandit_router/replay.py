@@ -149,10 +149,15 @@ def _start_policy(
 
 
 def _floored_oracle(
-    utility: np.ndarray, best: np.ndarray, expected_oracle: np.ndarray, floor: float
-) -> dict[str, float]:
-    """Expected regret (against the per-row oracle) of the best a policy with a probability floor
-    can do: play the expected-utility oracle's choice, every other arm with the floor."""
+    utility: np.ndarray,
+    best: np.ndarray,
+    expected_oracle: np.ndarray,
+    floor: float,
+    checkpoints: np.ndarray,
+) -> dict[str, Any]:
+    """Expected utility and regret (against the per-row oracle) of the best a policy with a
+    probability floor can do: play the expected-utility oracle's choice, every other arm with the
+    floor. The regret curve is sampled at ``checkpoints`` like the policies' curves."""
     arms = utility.shape[1]
     gained = (1.0 - arms * floor) * _pick(utility, expected_oracle) + floor * utility.sum(axis=1)
     curve = np.cumsum(best - gained)
@@ -160,6 +165,7 @@ def _floored_oracle(
         "floored_utility": float(gained.mean()),
         "floored_regret": float(curve[-1]),
         "floored_regret_slope_last_decade": regret_slope(curve),
+        "floored_regret_curve": curve[checkpoints].tolist(),
     }
 
 
@@ -238,7 +244,7 @@ def replay(
                     _pick(data.cost, expected_oracle),
                 )
                 | {"regret": float((best - _pick(utility, expected_oracle)).sum())}
-                | _floored_oracle(utility, best, expected_oracle, config.params.floor)
+                | _floored_oracle(utility, best, expected_oracle, config.params.floor, checkpoints)
             )
         for m, model in enumerate(data.models):
             results["models"].append(

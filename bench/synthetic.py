@@ -1,7 +1,8 @@
 """Regret study on synthetic data: 6 models, 20,000 rows, 5 seeds, several cost weights.
 
 Run: ``python -m bench.synthetic [--rows 20000 --seeds 0,1,2,3,4 --jobs 2 --out bench/results]``. Writes
-``synthetic.json``, ``synthetic.md`` and ``synthetic.png`` (mean cumulative regret per policy). Each
+``synthetic.json``, ``synthetic.md``, ``synthetic.png`` (mean cumulative regret per policy) and
+``synthetic_loglog.png`` (the learned policies log-log, with the best a floored policy can do). Each
 seed draws a new dataset (``bandit_router.synth.generate``) and a new row order, then replays it with
 ``bandit_router.replay`` exactly as ``bandit-router replay`` would, plus the generator's ground truth
 (``bandit_router.synth.expected_outcomes``) so the regret can be split into outcome noise, the
@@ -16,6 +17,10 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
@@ -25,6 +30,7 @@ from bandit_router.report import plot_regret
 from bandit_router.synth import expected_outcomes, generate, to_dataset
 
 POLICIES = ("linucb", "lints", "barp", "egreedy", "random")
+LEARNED = ("linucb", "lints", "barp")
 COST_WEIGHTS = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 REGRET_RATIO_TARGET = 0.25  # of uniform random's regret
 SLOPE_TARGET = 0.8  # log-log slope of cumulative regret over the last decade of rows
@@ -110,6 +116,9 @@ def run(rows: int, models: int, seeds: list[int], jobs: int = 1) -> dict[str, An
                     _expected_oracle(r, weight)["floored_utility"] - _best_model(r, weight)
                     for r in per_seed
                 ],
+                "floored_oracle_curve": np.mean(
+                    [_expected_oracle(r, weight)["floored_regret_curve"] for r in per_seed], axis=0
+                ).round(3).tolist(),
                 "floored_oracle_slopes": [
                     _expected_oracle(r, weight)["floored_regret_slope_last_decade"] for r in per_seed
                 ],
@@ -268,6 +277,37 @@ def regret_sources_markdown(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def plot_loglog(results: dict[str, Any], path: Path) -> None:
+    """Mean regret of the learned policies against rows, log-log, one panel per cost weight, with
+    the best a floored policy can do: a slope of 1 there is linear growth."""
+    weights = [r["cost_weight"] for r in results["reference"]]
+    fig, axes = plt.subplots(1, len(weights), figsize=(3.6 * len(weights), 3.8), squeeze=False)
+    for ax, reference in zip(axes[0], results["reference"], strict=True):
+        weight = reference["cost_weight"]
+        rows = None
+        for curve in results["curves"]:
+            if curve["cost_weight"] == weight and curve["policy"] in LEARNED:
+                rows = curve["rows"]
+                ax.plot(rows, np.maximum(curve["regret"], 1e-3), label=curve["policy"])
+        ax.plot(rows, np.maximum(reference["floored_oracle_curve"], 1e-3), "k--",
+                label="best possible\nwith the floor")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlim(100, rows[-1])
+        ax.set_ylim(bottom=1)
+        ax.axvspan(rows[-1] / 10, rows[-1], color="grey", alpha=0.08)
+        ax.set_title(f"cost weight {weight:g}", fontsize=10)
+        ax.set_xlabel("rows seen")
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].set_ylabel("cumulative regret vs per-row oracle")
+    axes[0][0].legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"Regret, log-log (mean of {len(results['seeds'])} seeds; shaded: the last decade, "
+                 "where the slope is measured)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=20000)
@@ -282,6 +322,7 @@ def main() -> None:
     (out / "synthetic.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / "synthetic.md").write_text(markdown(results))
     plot_regret(results, out / "synthetic.png", note=f" (mean of {len(results['seeds'])} seeds)")
+    plot_loglog(results, out / "synthetic_loglog.png")
     print(markdown(results))
 
 
