@@ -270,11 +270,13 @@ def replay(
             pseudo = {}
             if truth is not None:
                 pseudo_regret = np.cumsum(expected_best - _pick(expected, choices))
+                # Every arm keeps `floor` of the probability whatever the policy learned.
+                floor_regret = np.cumsum(policy.floor * (expected_best[:, None] - expected).sum(axis=1))
                 results["runs"][-1] |= {
                     "pseudo_regret": float(pseudo_regret[-1]),
                     "pseudo_regret_slope_last_decade": regret_slope(pseudo_regret),
-                    # Every arm keeps `floor` of the probability whatever the policy learned.
-                    "floor_regret": float(policy.floor * (expected_best[:, None] - expected).sum()),
+                    "floor_regret": float(floor_regret[-1]),
+                    "beyond_floor_regret_slope_last_decade": regret_slope(pseudo_regret - floor_regret),
                 }
                 pseudo = {"pseudo_regret": pseudo_regret[checkpoints].tolist()}
             results["curves"].append(

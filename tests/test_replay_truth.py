@@ -45,8 +45,9 @@ def test_floor_share_and_random_pseudo_regret_follow_the_truth(synthetic) -> Non
     gaps = expected.max(axis=1, keepdims=True) - expected  # (rows, models)
     runs = _runs(results)
     assert runs["linucb"]["floor_regret"] == pytest.approx(0.005 * gaps.sum(), rel=1e-9)
-    # Uniform random pays the mean gap on every row, in expectation.
+    # Uniform random pays the mean gap on every row, in expectation, floor or not: linear.
     assert runs["random"]["pseudo_regret"] == pytest.approx(gaps.mean(axis=1).sum(), rel=0.05)
+    assert runs["random"]["beyond_floor_regret_slope_last_decade"] == pytest.approx(1.0, abs=0.1)
     # The generator's noise is real but small: the expected-utility oracle rarely loses much.
     noise = results["expected_oracle"][0]["regret"]
     assert 0 < noise < 0.1 * runs["random"]["regret"]
