@@ -336,7 +336,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"{machine_info['numpy']}, mabwiser {machine_info['mabwiser']}, river "
         f"{machine_info['river']}, vowpalwabbit {machine_info['vowpalwabbit']}, "
         f"{machine_info['cpu_count']} CPUs, 1-min load average "
-        f"{machine_info['load_average_1min']} when the run ended (other jobs were running).",
+        f"{machine_info['load_average_1min']} when the run ended (the benchmark itself keeps one core busy).",
         "",
         "| library | policy | decisions/s | updates/s | decision calls | update calls |",
         "|---|---|---:|---:|---:|---:|",
