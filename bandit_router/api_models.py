@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from bandit_router.catalog import MODEL_NAME
-from bandit_router.service import MAX_FEATURE_MAGNITUDE
+from bandit_router.route_request import MAX_FEATURE_MAGNITUDE
 
 MAX_PROMPT_CHARS = 1_000_000
 MAX_CANDIDATES = 1_000

@@ -40,6 +40,12 @@ from bandit_router.learner import GROUP, Learner
 from bandit_router.learner_runner import ActiveLearner, LearnerThread, learner_id
 from bandit_router.policy_factory import POLICY_NAMES
 from bandit_router.policy_set import PolicySet, prior_outcome, restore_policy
+from bandit_router.route_request import (
+    request_candidates,
+    request_context,
+    request_policy,
+    request_preference,
+)
 from bandit_router.service_errors import (
     ConflictError,
     InvalidRequestError,
@@ -65,7 +71,6 @@ from streams.outbox import OutboxBus
 
 log = logging.getLogger(__name__)
 
-MAX_FEATURE_MAGNITUDE = 1e6  # larger context values overflow the policies' quadratic forms
 SERVING_POLICY = "serving_policy"  # the service_config key of the operator's serving choice
 
 
@@ -288,10 +293,10 @@ class RouterService:
     ) -> tuple[RouteResult, bytes]:
         """Pick a model for one request: the answer and the encoded decision event, which the
         caller must publish to ``router.decisions`` before answering."""
-        x = self._context(prompt, features)
-        weights = self._preference(preference, cost_weight)
-        name = self._policy_name(policy)
-        candidates = self._candidates(models)
+        x = request_context(self.featurizer, prompt, features)
+        weights = request_preference(self.settings.default_cost_weight, preference, cost_weight)
+        name = request_policy(self.policies, policy)
+        candidates = request_candidates(self._catalog, models)
         chosen_policy = self.policies[name]
         with self.policies.lock:
             probabilities = chosen_policy.probabilities(x, candidates, weights)
@@ -343,72 +348,6 @@ class RouterService:
             expected=expected,
         )
         return result, payload
-
-    def _context(self, prompt: str | None, features: Sequence[float] | None) -> np.ndarray:
-        if (prompt is None) == (features is None):
-            raise InvalidRequestError(
-                "prompt", "give exactly one of prompt (text) or features (numbers)"
-            )
-        if prompt is not None:
-            return self.featurizer.transform(prompt)
-        x = np.asarray(features, dtype=float)
-        if x.shape != (self.featurizer.dim,):
-            raise InvalidRequestError(
-                "features",
-                f"expected {self.featurizer.dim} numbers (feature_dim), got {x.size}",
-            )
-        if not np.all(np.isfinite(x)) or np.abs(x).max() > MAX_FEATURE_MAGNITUDE:
-            raise InvalidRequestError(
-                "features", f"every value must be finite and within +-{MAX_FEATURE_MAGNITUDE:g}"
-            )
-        return x
-
-    def _preference(self, preference: Preference | None, cost_weight: float | None) -> Preference:
-        if preference is not None and cost_weight is not None:
-            raise InvalidRequestError(
-                "cost_weight", "give preference or cost_weight, not both"
-            )
-        if preference is not None:
-            return preference
-        weight = self.settings.default_cost_weight if cost_weight is None else cost_weight
-        try:
-            return Preference.from_cost_weight(weight)
-        except ValueError as error:
-            raise InvalidRequestError("cost_weight", str(error)) from None
-
-    def _policy_name(self, policy: str | None) -> str:
-        if policy is None:
-            return self.policies.serving
-        if policy not in self.policies:
-            raise InvalidRequestError(
-                "policy", f"unknown policy {policy!r}; choose from {', '.join(self.policies)}"
-            )
-        return policy
-
-    def _candidates(self, models: Sequence[str] | None) -> list[str]:
-        catalog = self._catalog
-        if models is None:
-            candidates = [name for name, model in catalog.items() if model.enabled]
-            if not candidates:
-                raise ConflictError(
-                    "models", "the catalog has no enabled model; add one with PUT /v1/models/{name}"
-                )
-            return candidates
-        if not models:
-            raise InvalidRequestError("models", "the candidate list is empty; name at least one")
-        if len(set(models)) != len(models):
-            duplicates = sorted({m for m in models if list(models).count(m) > 1})
-            raise InvalidRequestError("models", f"{', '.join(duplicates)} listed more than once")
-        for name in models:
-            model = catalog.get(name)
-            if model is None or not model.enabled:
-                enabled = [n for n, m in catalog.items() if m.enabled]
-                state = "unknown" if model is None else "disabled"
-                raise InvalidRequestError(
-                    "models",
-                    f"{state} model {name!r}; enabled models: {', '.join(enabled) or '(none)'}",
-                )
-        return list(models)
 
     # --- feedback --------------------------------------------------------------------------------
     def feedback(self, **outcome: Any) -> str:
