@@ -37,6 +37,7 @@ weighting it 0.9, over 30% by the cheapest; and routing per row beats the best s
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -214,6 +215,27 @@ class SynthData:
     task_index: np.ndarray
 
 
+class _Calls:
+    """What a call to each model costs and how long it works, given how much longer or shorter
+    than typical its answer is (``spread``, a factor on the answer's tokens)."""
+
+    def __init__(self, ladder: Sequence[SynthModel], prompts: Sequence[str], task_index: np.ndarray):
+        def per_model(field: str) -> np.ndarray:
+            return np.array([getattr(m, field) for m in ladder])[None, :]
+
+        self.input_tokens = np.ceil(np.array([len(p) for p in prompts]) / 4.0)[:, None]
+        self.task_tokens = np.array([t.output_tokens_mean for t in TASKS])[task_index][:, None]
+        self.verbosity = per_model("verbosity")
+        self.price_in, self.price_out = per_model("price_in_per_m"), per_model("price_out_per_m")
+        self.ttft_ms, self.ms_per_token = per_model("ttft_ms"), per_model("ms_per_output_token")
+
+    def cost_and_work_ms(self, spread: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+        """Cost in USD and latency before its own random factor, ``(rows, models)`` each."""
+        output_tokens = np.maximum(1.0, np.round(self.task_tokens * self.verbosity * spread))
+        cost = (self.input_tokens * self.price_in + output_tokens * self.price_out) / 1e6
+        return cost, self.ttft_ms + output_tokens * self.ms_per_token
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
@@ -297,18 +319,9 @@ def generate(models: int = 6, rows: int = 20000, seed: int = 0) -> SynthData:
     noise = rng.normal(0.0, QUALITY_NOISE_STD, size=(rows, models))
     quality = np.clip(expected_quality + shift + noise, 0.0, 1.0)
 
-    input_tokens = np.ceil(np.array([len(p) for p in prompts]) / 4.0)[:, None]
-    task_tokens = np.array([t.output_tokens_mean for t in TASKS])[task_index][:, None]
-    verbosity = np.array([m.verbosity for m in ladder])[None, :]
-    spread = rng.lognormal(0.0, OUTPUT_TOKENS_SIGMA, size=(rows, models))
-    output_tokens = np.maximum(1.0, np.round(task_tokens * verbosity * spread))
-    price_in = np.array([m.price_in_per_m for m in ladder])[None, :]
-    price_out = np.array([m.price_out_per_m for m in ladder])[None, :]
-    cost = (input_tokens * price_in + output_tokens * price_out) / 1e6
-
-    ttft = np.array([m.ttft_ms for m in ladder])[None, :]
-    per_token = np.array([m.ms_per_output_token for m in ladder])[None, :]
-    latency = (ttft + output_tokens * per_token) * rng.lognormal(0.0, LATENCY_SIGMA, (rows, models))
+    calls = _Calls(ladder, prompts, task_index)
+    cost, work_ms = calls.cost_and_work_ms(rng.lognormal(0.0, OUTPUT_TOKENS_SIGMA, (rows, models)))
+    latency = work_ms * rng.lognormal(0.0, LATENCY_SIGMA, (rows, models))
 
     eval_names = tuple(f"synth/{TASKS[c].name}" for c in task_index)
     return SynthData(
@@ -348,11 +361,7 @@ def expected_outcomes(data: SynthData, scales: Scales) -> np.ndarray:
     True
     """
     ladder = {m.name: m for m in MODEL_LADDER}
-    models = [ladder[name] for name in data.models]
-
-    def per_model(field: str) -> np.ndarray:
-        return np.array([getattr(m, field) for m in models])[None, :]
-
+    calls = _Calls([ladder[name] for name in data.models], data.prompts, data.task_index)
     spread = np.hypot(ROW_SHIFT_STD, QUALITY_NOISE_STD)
     low, high = -data.expected_quality / spread, (1.0 - data.expected_quality) / spread
     quality = (
@@ -360,20 +369,14 @@ def expected_outcomes(data: SynthData, scales: Scales) -> np.ndarray:
         + spread * (norm.pdf(low) - norm.pdf(high))
         + norm.sf(high)
     )
-    input_tokens = np.ceil(np.array([len(p) for p in data.prompts]) / 4.0)[:, None]
-    task_tokens = np.array([t.output_tokens_mean for t in TASKS])[data.task_index][:, None]
     cost = np.zeros_like(quality)
     latency = np.zeros_like(quality)
     for node, weight in zip(_NODES, _WEIGHTS, strict=True):
-        output_tokens = np.maximum(
-            1.0, np.round(task_tokens * per_model("verbosity") * np.exp(OUTPUT_TOKENS_SIGMA * node))
-        )
-        price = input_tokens * per_model("price_in_per_m") + output_tokens * per_model("price_out_per_m")
-        cost += weight * np.minimum(price / 1e6 / scales.cost, 1.0)
-        base = per_model("ttft_ms") + output_tokens * per_model("ms_per_output_token")
+        call_cost, work_ms = calls.cost_and_work_ms(np.exp(OUTPUT_TOKENS_SIGMA * node))
+        cost += weight * np.minimum(call_cost / scales.cost, 1.0)
         for latency_node, latency_weight in zip(_NODES, _WEIGHTS, strict=True):
             factor = np.exp(LATENCY_SIGMA * latency_node)
-            latency += weight * latency_weight * np.minimum(base * factor / scales.latency_ms, 1.0)
+            latency += weight * latency_weight * np.minimum(work_ms * factor / scales.latency_ms, 1.0)
     return np.stack([quality, cost, latency], axis=-1)
 
 
