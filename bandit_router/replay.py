@@ -236,6 +236,9 @@ def replay(
             expected = utilities(truth, preference)  # (rows, models)
             expected_best = expected.max(axis=1)
             expected_oracle = expected.argmax(axis=1)
+            # Every arm keeps the floor of the probability whatever a policy learned: per row,
+            # each unit of floor costs the sum of every arm's gap to the best.
+            gap_sums = (expected_best[:, None] - expected).sum(axis=1)
             results["expected_oracle"].append(
                 {"cost_weight": weight}
                 | _summary(
@@ -270,8 +273,7 @@ def replay(
             pseudo = {}
             if truth is not None:
                 pseudo_regret = np.cumsum(expected_best - _pick(expected, choices))
-                # Every arm keeps `floor` of the probability whatever the policy learned.
-                floor_regret = np.cumsum(policy.floor * (expected_best[:, None] - expected).sum(axis=1))
+                floor_regret = np.cumsum(policy.floor * gap_sums)
                 results["runs"][-1] |= {
                     "pseudo_regret": float(pseudo_regret[-1]),
                     "pseudo_regret_slope_last_decade": regret_slope(pseudo_regret),

@@ -101,32 +101,7 @@ def run(rows: int, models: int, seeds: list[int], jobs: int = 1) -> dict[str, An
         "targets": {"regret_ratio_to_random_below": REGRET_RATIO_TARGET, "slope_below": SLOPE_TARGET},
         "summary": summary,
         "reference": [
-            {
-                "cost_weight": weight,
-                "oracle_utility": float(np.mean([_ref(r, "oracle", weight) for r in per_seed])),
-                "task_best_utility": float(np.mean([_ref(r, "task_best", weight) for r in per_seed])),
-                "best_model_utility": float(np.mean([_best_model(r, weight) for r in per_seed])),
-                "expected_oracle_utility": float(
-                    np.mean([_ref(r, "expected_oracle", weight) for r in per_seed])
-                ),
-                "noise_regret_mean": float(np.mean([
-                    _expected_oracle(r, weight)["regret"] for r in per_seed
-                ])),
-                "floored_oracle_regret_mean": float(np.mean([
-                    _expected_oracle(r, weight)["floored_regret"] for r in per_seed
-                ])),
-                "floored_oracle_minus_best_model": [
-                    _expected_oracle(r, weight)["floored_utility"] - _best_model(r, weight)
-                    for r in per_seed
-                ],
-                "floored_oracle_curve": np.mean(
-                    [_expected_oracle(r, weight)["floored_regret_curve"] for r in per_seed], axis=0
-                ).round(3).tolist(),
-                "floored_oracle_slopes": [
-                    _expected_oracle(r, weight)["floored_regret_slope_last_decade"] for r in per_seed
-                ],
-            }
-            for weight in COST_WEIGHTS
+            _reference(per_seed, weight) for weight in COST_WEIGHTS
         ],
         "curves": curves,
     }
@@ -140,12 +115,33 @@ def _best_model(results: dict[str, Any], weight: float) -> float:
     return max(m["utility"] for m in results["models"] if m["cost_weight"] == weight)
 
 
-def _expected_oracle(results: dict[str, Any], weight: float) -> dict[str, Any]:
-    return next(x for x in results["expected_oracle"] if x["cost_weight"] == weight)
+def _ref(results: dict[str, Any], key: str, weight: float) -> dict[str, Any]:
+    return next(r for r in results[key] if r["cost_weight"] == weight)
 
 
-def _ref(results: dict[str, Any], key: str, weight: float) -> float:
-    return next(r["utility"] for r in results[key] if r["cost_weight"] == weight)
+def _reference(per_seed: list[dict[str, Any]], weight: float) -> dict[str, Any]:
+    """The references at one cost weight over the seeds: oracles, best model, and the best a
+    floored policy can do."""
+    best_model = [_best_model(r, weight) for r in per_seed]
+    expected = [_ref(r, "expected_oracle", weight) for r in per_seed]
+    return {
+        "cost_weight": weight,
+        "oracle_utility": float(np.mean([_ref(r, "oracle", weight)["utility"] for r in per_seed])),
+        "task_best_utility": float(
+            np.mean([_ref(r, "task_best", weight)["utility"] for r in per_seed])
+        ),
+        "best_model_utility": float(np.mean(best_model)),
+        "expected_oracle_utility": float(np.mean([x["utility"] for x in expected])),
+        "noise_regret_mean": float(np.mean([x["regret"] for x in expected])),
+        "floored_oracle_regret_mean": float(np.mean([x["floored_regret"] for x in expected])),
+        "floored_oracle_minus_best_model": [
+            x["floored_utility"] - best for x, best in zip(expected, best_model, strict=True)
+        ],
+        "floored_oracle_curve": np.mean([x["floored_regret_curve"] for x in expected], axis=0)
+        .round(3)
+        .tolist(),
+        "floored_oracle_slopes": [x["floored_regret_slope_last_decade"] for x in expected],
+    }
 
 
 def _mean_curves(per_seed: list[dict[str, Any]]) -> list[dict[str, Any]]:
